@@ -1,0 +1,88 @@
+"""The `dlrun` command: a Hydra app whose errors come out as one line and an exit code.
+
+Hydra normally prints its own multi-line report and exits 1. dlrun asks Hydra to raise
+instead (HYDRA_FULL_ERROR) and reports the error itself, unless the user set
+HYDRA_FULL_ERROR=1 to see the full traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from dlrun.errors import DlrunError
+from dlrun.schema import describe_omegaconf_error
+
+
+# Errors of the jobs this process ran. Kept here rather than raised through Hydra, which
+# would print its own report and, in a multirun, stop the sweep at the first failure.
+failures: list[Exception] = []
+
+
+@hydra.main(version_base="1.3", config_path="pkg://dlrun.conf", config_name="config")
+def hydra_app(cfg: DictConfig) -> None:
+    from dlrun.train import run  # imported here so `--help` and shell completion stay quick
+
+    try:
+        run(cfg)
+    except Exception as error:  # recorded in the run's status.json by run()
+        failures.append(error)
+
+
+def main() -> None:
+    wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_app()
+    except KeyboardInterrupt:
+        print("dlrun: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as error:  # composition errors: bad override, unknown option
+        failures.append(error)
+    if not failures:
+        return
+    if wants_traceback:
+        raise failures[0]
+    for error in failures:
+        print(f"dlrun: error: {describe_error(error)}", file=sys.stderr)
+    sys.exit(exit_code(failures[0]))
+
+
+def exit_code(error: Exception) -> int:
+    """2 for bad input (config, checkpoint, data files), 3 for divergence, 1 for anything else."""
+    if isinstance(error, DlrunError):
+        return error.exit_code
+    if isinstance(error, (HydraException, OmegaConfBaseException)):
+        return 2
+    return 1
+
+
+def describe_error(error: BaseException) -> str:
+    """One line: what was wrong and, where known, the valid choices."""
+    if isinstance(error, DlrunError):
+        return str(error)
+    missing = _find(error, MissingConfigException)
+    if missing is not None and missing.options is not None and missing.missing_cfg_file:
+        group, _, option = str(missing.missing_cfg_file).rpartition("/")
+        return f"unknown {group} '{option}'; valid choices: {', '.join(sorted(missing.options))}"
+    omegaconf_error = _find(error, OmegaConfBaseException)
+    if omegaconf_error is not None:
+        return describe_omegaconf_error(omegaconf_error)
+    if isinstance(error, HydraException):
+        return " ".join(str(error).split())
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {first_line} (set HYDRA_FULL_ERROR=1 for the traceback)"
+
+
+def _find(error: BaseException | None, kind: type) -> BaseException | None:
+    """`error` or the first exception in its cause chain of the given kind."""
+    while error is not None:
+        if isinstance(error, kind):
+            return error
+        error = error.__cause__ or error.__context__
+    return None

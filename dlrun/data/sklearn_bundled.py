@@ -1,0 +1,23 @@
+"""Datasets scikit-learn ships inside its package: real data that needs no download."""
+
+from __future__ import annotations
+
+import torch
+from sklearn import datasets
+from sklearn.model_selection import train_test_split
+
+from dlrun.data.splits import DataSplits, TensorSplit
+
+
+def load_digits(test_fraction: float = 0.2, seed: int = 0) -> DataSplits:
+    """1,797 8x8 grey images of digits 0-9, scaled to [0, 1]; a stratified test split drawn by seed."""
+    images, labels = datasets.load_digits(return_X_y=True)
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, labels, test_size=test_fraction, random_state=seed, stratify=labels
+    )
+
+    def split(x, y) -> TensorSplit:
+        pixels = torch.tensor(x, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+        return TensorSplit(pixels, torch.tensor(y, dtype=torch.long))
+
+    return DataSplits(train=split(train_x, train_y), test=split(test_x, test_y))

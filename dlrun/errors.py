@@ -1,0 +1,31 @@
+"""The errors dlrun reports as one line, each with the exit code the CLI returns."""
+
+
+class DlrunError(Exception):
+    """A failure the user can act on; the CLI prints its message alone, no traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(DlrunError):
+    """The composed configuration is invalid; raised before any training starts."""
+
+    exit_code = 2
+
+
+class CheckpointError(DlrunError):
+    """A checkpoint to resume from is missing, unreadable or does not fit the config."""
+
+    exit_code = 2
+
+
+class DataError(DlrunError):
+    """Dataset files are missing or malformed, or a download failed."""
+
+    exit_code = 2
+
+
+class TrainingDiverged(DlrunError):
+    """The loss became NaN or infinite; the run stopped without saving the bad state."""
+
+    exit_code = 3

@@ -1,0 +1,27 @@
+"""Build the model a config names: `_target_` construction, then dlrun's own `init` key."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+from torch import nn
+
+from dlrun.models.init import initialize
+from dlrun.schema import instantiate_group
+
+log = logging.getLogger(__name__)
+
+
+def build_model(model_cfg: DictConfig, dropout: float = 0.0) -> nn.Module:
+    """Instantiate `model_cfg` and initialise its weights as `model_cfg.init` asks.
+
+    `dropout` is the requested regularization.dropout: a model with no dropout sites
+    cannot honour it, which is said once in the log rather than silently ignored.
+    """
+    model = instantiate_group(model_cfg, "model")
+    initialize(model, model_cfg.get("init", "default"))
+    if dropout > 0 and "dropout" not in model_cfg:
+        log.warning("%s has no dropout sites: regularization.dropout=%s is not used",
+                    type(model).__name__, dropout)
+    return model

@@ -1,0 +1,237 @@
+"""Typed configuration schema, checked right after composition and before any compute.
+
+Fixed sections (trainer, regularization, device, debug) are dataclasses. Groups whose fields
+depend on the chosen option (model, dataset, optimizer, scheduler) are checked against the
+signature of their `_target_`, so adding an option needs no schema change: a key the target
+does not accept is an error, and so is a required argument left out.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigKeyError,
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+from dlrun.errors import ConfigError
+from dlrun.tasks import TASKS
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    limit_batches: Optional[int] = None
+    resume: Optional[str] = None
+
+
+@dataclass
+class RegularizationConfig:
+    weight_decay: float = 0.0
+    # False (d2l's and most references' choice): biases and norm-layer weights get no decay.
+    decay_bias_and_norm: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class DeviceConfig:
+    type: str = "auto"
+    num_threads: Optional[int] = None
+
+
+@dataclass
+class DebugConfig:
+    max_epochs: Optional[int] = None
+    limit_batches: Optional[int] = None
+    subset: Optional[int] = None
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    name: Optional[str] = None
+    output_root: str = "outputs"
+    model: Any = field(default_factory=dict)
+    dataset: Any = field(default_factory=dict)
+    optimizer: Any = field(default_factory=dict)
+    scheduler: Any = field(default_factory=dict)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+
+# Keys a group option may carry besides its target's arguments: dlrun reads them itself.
+META_KEYS: dict[str, set[str]] = {
+    "model": {"input_size", "init"},
+    "dataset": {"task", "num_outputs", "input_shape", "resize", "val_fraction", "subset"},
+    "optimizer": set(),
+    "scheduler": {"interval", "monitor"},
+}
+# Arguments dlrun supplies when it builds the object, so the YAML must not set them.
+RUNTIME_ARGS: dict[str, set[str]] = {
+    "model": set(),
+    "dataset": set(),
+    "optimizer": {"params", "weight_decay"},
+    "scheduler": {"optimizer"},
+}
+RUNTIME_HINTS = {
+    "optimizer.weight_decay": "set weight decay with regularization.weight_decay",
+}
+DEVICE_TYPES = ("auto", "cpu", "cuda")
+
+
+
+def target_arguments(group_cfg: DictConfig, group: str) -> dict[str, Any]:
+    """The resolved keys of a group option that go to its `_target_` (dlrun's meta keys removed).
+
+    Resolved while still attached to the whole config, so `${dataset...}` interpolations work.
+    """
+    resolved = OmegaConf.to_container(group_cfg, resolve=True)
+    return {key: value for key, value in resolved.items() if key not in META_KEYS[group]}
+
+
+def instantiate_group(group_cfg: DictConfig, group: str) -> Any:
+    """`instantiate` a group option; a constructor's ValueError/TypeError becomes a ConfigError."""
+    try:
+        return instantiate(target_arguments(group_cfg, group), _convert_="all")
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, (ValueError, TypeError)):
+            raise ConfigError(f"{group}={group_cfg._target_.rpartition('.')[2]}: {cause}") from cause
+        raise
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Return `cfg` merged onto the schema, or raise ConfigError with one line naming the key."""
+    plain = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(Config), plain)
+        resolved = OmegaConf.to_container(typed, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(describe_omegaconf_error(error)) from None
+    for group in META_KEYS:
+        _check_group(group, resolved[group])
+    _check_ranges(resolved)
+    return typed
+
+
+def describe_omegaconf_error(error: OmegaConfBaseException) -> str:
+    """One line for an OmegaConf error: which key, what is wrong, what would be valid."""
+    key = getattr(error, "full_key", None) or getattr(error, "key", None) or "?"
+    message = str(getattr(error, "msg", None) or error).splitlines()[0]
+    if isinstance(error, ConfigKeyError) or "not in struct" in message or "not in '" in message:
+        return unknown_key_message(str(key))
+    if isinstance(error, MissingMandatoryValue):
+        return f"missing value for '{key}': set it, e.g. `dlrun {key}=...`"
+    if isinstance(error, ValidationError):
+        return f"wrong type for '{key}': {message}"
+    if isinstance(error, InterpolationResolutionError):
+        return f"cannot resolve '{key}': {message}"
+    return f"invalid value for '{key}': {message}"
+
+
+def unknown_key_message(full_key: str) -> str:
+    """Name the unknown key and list the valid ones where the schema knows them."""
+    parent, _, _ = full_key.rpartition(".")
+    node: Any = Config
+    for part in parent.split(".") if parent else []:
+        types = {f.name: f.type for f in fields(node)} if is_dataclass(node) else {}
+        node = _dataclass_named(types.get(part))
+    if node is not None and is_dataclass(node):
+        where = f"of {parent}" if parent else "at the top level"
+        valid = ", ".join(f.name for f in fields(node))
+        return f"unknown key '{full_key}'; valid keys {where}: {valid}"
+    return f"unknown key '{full_key}'; list the valid ones with `dlrun --cfg job --package {parent}`"
+
+
+def _dataclass_named(type_name: Any) -> Any:
+    if isinstance(type_name, str):  # annotations are strings under `from __future__ import annotations`
+        return globals().get(type_name)
+    return type_name
+
+
+def _check_group(group: str, options: dict[str, Any]) -> None:
+    target = options.get("_target_")
+    if target is None:
+        return  # e.g. scheduler=none
+    try:
+        factory = get_object(target)
+    except Exception:
+        raise ConfigError(f"{group}._target_: cannot import '{target}'") from None
+    parameters = inspect.signature(factory).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    given = {k for k in options if not k.startswith("_")} - META_KEYS[group]
+    for key in sorted(given):
+        if key in RUNTIME_ARGS[group]:
+            hint = RUNTIME_HINTS.get(f"{group}.{key}", "dlrun sets it")
+            raise ConfigError(f"'{group}.{key}' cannot be set here: {hint}")
+        if key not in parameters and not accepts_any:
+            valid = sorted((set(parameters) - RUNTIME_ARGS[group]) | META_KEYS[group])
+            raise ConfigError(f"unknown key '{group}.{key}'; valid keys for {target}: {', '.join(valid)}")
+        if key in parameters:
+            _check_type(f"{group}.{key}", options[key], parameters[key].annotation)
+    for name, parameter in parameters.items():
+        required = parameter.default is inspect.Parameter.empty and parameter.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        )
+        if required and name not in given and name not in RUNTIME_ARGS[group]:
+            raise ConfigError(f"missing value for '{group}.{name}' (required by {target})")
+
+
+_PLAIN_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,),
+                "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> None:
+    """Check values whose annotation is a plain scalar type; richer annotations are left to the target."""
+    accepted = _PLAIN_TYPES.get(annotation)
+    if accepted is None or value is None:
+        return
+    if isinstance(value, bool) and bool not in accepted:
+        accepted = ()
+    if not isinstance(value, accepted):
+        expected = annotation if isinstance(annotation, str) else annotation.__name__
+        raise ConfigError(f"wrong type for '{key}': expected {expected}, got {value!r}")
+
+
+def _check_ranges(c: dict[str, Any]) -> None:
+    def require(ok: bool, key: str, value: Any, rule: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={value} is out of range: {rule}")
+
+    lr = c["optimizer"].get("lr")
+    if lr is not None:
+        require(lr > 0, "optimizer.lr", lr, "must be > 0")
+    reg = c["regularization"]
+    require(0 <= reg["dropout"] < 1, "regularization.dropout", reg["dropout"], "must be in [0, 1)")
+    require(reg["weight_decay"] >= 0, "regularization.weight_decay", reg["weight_decay"], "must be >= 0")
+    trainer = c["trainer"]
+    require(trainer["epochs"] >= 1, "trainer.epochs", trainer["epochs"], "must be >= 1")
+    require(trainer["batch_size"] >= 1, "trainer.batch_size", trainer["batch_size"], "must be >= 1")
+    for section in ("trainer", "debug"):
+        value = c[section]["limit_batches"]
+        require(value is None or value >= 1, f"{section}.limit_batches", value, "must be >= 1 or null")
+    dataset = c["dataset"]
+    if dataset.get("task") not in TASKS:
+        raise ConfigError(f"dataset.task={dataset.get('task')!r} is not one of: {', '.join(TASKS)}")
+    fraction = dataset.get("val_fraction", 0)
+    require(0 <= fraction < 1, "dataset.val_fraction", fraction, "must be in [0, 1)")
+    for key, value in (("dataset.subset", dataset.get("subset")), ("debug.subset", c["debug"]["subset"])):
+        require(value is None or value >= 1, key, value, "must be >= 1 or null")
+    device = c["device"]
+    if device["type"] not in DEVICE_TYPES:
+        raise ConfigError(f"device.type={device['type']!r} is not one of: {', '.join(DEVICE_TYPES)}")
+    threads = device["num_threads"]
+    require(threads is None or threads >= 1, "device.num_threads", threads, "must be >= 1 or null")

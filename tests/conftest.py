@@ -1,0 +1,50 @@
+"""Shared fixtures: configs from Hydra's compose API, and the installed `dlrun` as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+DLRUN = Path(sys.executable).with_name("dlrun")
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The config `dlrun <overrides>` would run, composed by Hydra without starting a run."""
+    with initialize_config_module(version_base="1.3", config_module="dlrun.conf"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def cfg_for(tmp_path):
+    """compose_config with the run's outputs kept in the test's temporary folder."""
+
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(f"output_root={tmp_path / 'outputs'}", *overrides)
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the installed `dlrun` console script as a user would."""
+    environment = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    environment.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+    return subprocess.run([str(DLRUN), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=environment)
+
+
+def only_run_dir(root: Path) -> Path:
+    """The single run directory (the one holding status.json) under `root`."""
+    found = [p.parent for p in root.glob("**/status.json")]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

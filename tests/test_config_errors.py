@@ -1,0 +1,56 @@
+"""Bad input fails before training with one line naming the key and the valid choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import compose_config, run_cli
+from dlrun.errors import ConfigError
+from dlrun.schema import validate
+
+CLI_CASES = [
+    ("model=foo", "unknown model 'foo'; valid choices: lenet, mlp, softmax"),
+    ("+typo=3", "unknown key 'typo'; valid keys at the top level: seed, name"),
+    ("trainer.epoch=3", "unknown key 'trainer.epoch'; valid keys of trainer: epochs, batch_size"),
+    ("trainer.epochs=abc", "wrong type for 'trainer.epochs'"),
+    ("optimizer.lr=-1", "optimizer.lr=-1 is out of range: must be > 0"),
+    ("regularization.dropout=1.5", "regularization.dropout=1.5 is out of range: must be in [0, 1)"),
+    ("+model.foo=1", "unknown key 'model.foo'; valid keys for dlrun.models.lenet.LeNet: activation"),
+    ("model.activation=swish", "activation 'swish' is not one of: relu, sigmoid"),
+]
+
+
+@pytest.mark.parametrize("override,message", CLI_CASES, ids=[case[0] for case in CLI_CASES])
+def test_cli_reports_one_line_and_exit_code_2(tmp_path, override, message):
+    result = run_cli(override, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("dlrun: error: ") and message in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not list(tmp_path.glob("outputs/**/checkpoints"))  # nothing trained
+
+
+def test_full_traceback_on_request(tmp_path):
+    result = run_cli("optimizer.lr=-1", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+optimizer.weight_decay=0.1", "set weight decay with regularization.weight_decay"),
+    ("regularization.weight_decay=-1", "regularization.weight_decay=-1.0 is out of range"),
+    ("trainer.batch_size=0", "trainer.batch_size=0 is out of range"),
+    ("trainer.limit_batches=0", "trainer.limit_batches=0 is out of range"),
+    ("device.type=tpu", "device.type='tpu' is not one of: auto, cpu, cuda"),
+    ("dataset.val_fraction=1.0", "dataset.val_fraction=1.0 is out of range"),
+    ("+model.input_shape_typo=1", "unknown key 'model.input_shape_typo'"),
+])
+def test_schema_rejects(override, message):
+    with pytest.raises(ConfigError, match=None) as error:
+        validate(compose_config(override))
+    assert message in str(error.value)
+
+
+def test_default_config_is_valid():
+    validate(compose_config())
