@@ -41,6 +41,8 @@ class RegularizationConfig:
     # False (d2l's and most references' choice): biases and norm-layer weights get no decay.
     decay_bias_and_norm: bool = False
     dropout: float = 0.0
+    # Max gradient norm; 0 turns clipping off, null uses the task's default (language models: 1).
+    grad_clip: Optional[float] = None
 
 
 @dataclass
@@ -217,6 +219,8 @@ def _check_ranges(c: dict[str, Any]) -> None:
     reg = c["regularization"]
     require(0 <= reg["dropout"] < 1, "regularization.dropout", reg["dropout"], "must be in [0, 1)")
     require(reg["weight_decay"] >= 0, "regularization.weight_decay", reg["weight_decay"], "must be >= 0")
+    clip = reg["grad_clip"]
+    require(clip is None or clip >= 0, "regularization.grad_clip", clip, "must be >= 0 (0 = off) or null")
     trainer = c["trainer"]
     require(trainer["epochs"] >= 1, "trainer.epochs", trainer["epochs"], "must be >= 1")
     require(trainer["batch_size"] >= 1, "trainer.batch_size", trainer["batch_size"], "must be >= 1")

@@ -17,6 +17,7 @@ class Task:
 
     metric: str  # the validation metric that picks the best checkpoint
     mode: str  # "max" or "min": which direction of `metric` is better
+    default_grad_clip: float | None = None  # used when regularization.grad_clip is null
 
     def forward(self, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         return model(inputs)

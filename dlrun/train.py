@@ -79,6 +79,8 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str) -> dict[str, Any]:
     optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
     scheduler = build_scheduler(cfg.scheduler, optimizer)
     monitor = f"val/{task.metric}"
+    grad_clip = cfg.regularization.grad_clip
+    grad_clip = task.default_grad_clip if grad_clip is None else grad_clip
     checkpoints = run_dir / "checkpoints"
     progress: dict[str, Any] = {"epoch": 0, "best_value": None, "best_epoch": None, "resumed_from": None}
 
@@ -97,7 +99,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str) -> dict[str, Any]:
     with logs.MetricsLog(run_dir) as metrics_log:
         for epoch in range(progress["epoch"] + 1, epochs + 1):
             epoch_started = time.perf_counter()
-            train_metrics = train_one_epoch(model, data.train, task, optimizer, scheduler, epoch, epochs)
+            train_metrics = train_one_epoch(model, data.train, task, optimizer, scheduler, grad_clip, epoch, epochs)
             val_metrics = evaluate(model, data.val, task)
             seconds = time.perf_counter() - epoch_started
             history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
@@ -143,7 +145,8 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str) -> dict[str, Any]:
 
 
 def train_one_epoch(model: nn.Module, loader: TensorLoader, task: Any, optimizer: torch.optim.Optimizer,
-                    scheduler: Optional[Scheduler], epoch: int, epochs: int) -> dict[str, float]:
+                    scheduler: Optional[Scheduler], grad_clip: Optional[float], epoch: int,
+                    epochs: int) -> dict[str, float]:
     """forward, loss, backward, step for every batch; read the device-side sums once at the end.
 
     A non-finite loss is noticed here, after the epoch, without a host sync per step; it
@@ -158,6 +161,8 @@ def train_one_epoch(model: nn.Module, loader: TensorLoader, task: Any, optimizer
         loss = task.loss(outputs, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         if scheduler is not None and scheduler.interval == "step":
             scheduler.step()
@@ -168,7 +173,7 @@ def train_one_epoch(model: nn.Module, loader: TensorLoader, task: Any, optimizer
     if len(bad_steps):
         raise TrainingDiverged(f"loss became non-finite in epoch {epoch} at step {int(bad_steps[0])} "
                                f"(of {len(loader)}); last.pt keeps the previous epoch. "
-                               "Try a lower optimizer.lr")
+                               "Try a lower optimizer.lr or regularization.grad_clip")
     return task.metrics(sums.tolist())
 
 

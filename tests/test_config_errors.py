@@ -54,3 +54,8 @@ def test_schema_rejects(override, message):
 
 def test_default_config_is_valid():
     validate(compose_config())
+
+
+def test_grad_clip_must_not_be_negative():
+    with pytest.raises(ConfigError, match="regularization.grad_clip=-1.0 is out of range"):
+        validate(compose_config("regularization.grad_clip=-1"))

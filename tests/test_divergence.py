@@ -31,4 +31,4 @@ def test_cli_exit_code_for_divergence(tmp_path):
     assert result.returncode == 3, result.stderr
     assert result.stderr.strip().splitlines() == [
         "dlrun: error: loss became non-finite in epoch 2 at step 3 (of 8); last.pt keeps the previous epoch. "
-        "Try a lower optimizer.lr"]
+        "Try a lower optimizer.lr or regularization.grad_clip"]
