@@ -31,7 +31,9 @@ def train_folds(cfg: DictConfig, run_dir: Path, fingerprint: str,
     rows = []
     for fold in range(folds):
         log.info("fold %d/%d", fold + 1, folds)
-        summary = train(cfg, run_dir / f"fold_{fold}", fingerprint, fold=fold)
+        fold_dir = run_dir / f"fold_{fold}"
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        summary = train(cfg, fold_dir, fingerprint, fold=fold)
         metrics = {name: value for name, value in {**summary["final"], **summary["test"]}.items()
                    if name.startswith(SPLITS)}
         rows.append({"fold": fold, "best_epoch": summary["best_epoch"], **metrics})

@@ -112,6 +112,8 @@ def instantiate_group(group_cfg: DictConfig, group: str) -> Any:
         return instantiate(target_arguments(group_cfg, group), _convert_="all")
     except InstantiationException as error:
         cause = error.__cause__
+        if isinstance(cause, DlrunError):  # e.g. DataError: already the one line to show
+            raise cause from None
         if isinstance(cause, (ValueError, TypeError)):
             raise ConfigError(f"{group}={group_cfg._target_.rpartition('.')[2]}: {cause}") from cause
         raise

@@ -21,6 +21,10 @@ def missing_files(folder: Path, names: Iterable[str]) -> list[str]:
     return [name for name in names if not (folder / name).is_file()]
 
 
+def describe_missing(missing: list[str], names: Iterable[str]) -> str:
+    return "files not found" if len(missing) == len(list(names)) else f"missing {', '.join(missing)}"
+
+
 def files_error(dataset: str, folder: Path, names: Iterable[str], problem: str, source: str = "") -> DataError:
     """`<dataset>: <problem>; expected <files> in <folder> ...` — says what to put where."""
     where = f"; download them from {source}" if source else ""

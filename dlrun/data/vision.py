@@ -17,7 +17,7 @@ import torch
 from torchvision import datasets
 
 from dlrun.data.splits import DataSplits, TensorSplit
-from dlrun.data.storage import files_error, missing_files
+from dlrun.data.storage import describe_missing, files_error, missing_files
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR10_FOLDER = "cifar-10-batches-py"
@@ -41,7 +41,8 @@ def load_cifar10(root: str, download: bool = True) -> DataSplits:
         _download("CIFAR-10", datasets.CIFAR10, folder, CIFAR10_FILES, root=str(folder.parent), train=True)
     missing = missing_files(folder, CIFAR10_FILES)
     if missing:
-        raise files_error("CIFAR-10", folder, CIFAR10_FILES, f"missing {', '.join(missing)}", datasets.CIFAR10.url)
+        raise files_error("CIFAR-10", folder, CIFAR10_FILES, describe_missing(missing, CIFAR10_FILES),
+                          datasets.CIFAR10.url)
     train = [_read_cifar_batch(folder, name) for name in CIFAR10_FILES[:-1]]
     return DataSplits(train=TensorSplit(torch.cat([s.inputs for s in train]), torch.cat([s.targets for s in train])),
                       test=_read_cifar_batch(folder, CIFAR10_FILES[-1]))
@@ -56,7 +57,8 @@ def _load_idx(kind: type[datasets.MNIST], root: str, download: bool) -> DataSpli
         _download(name, kind, raw, IDX_FILES, root=str(root_path))  # fetches both splits
     missing = missing_files(raw, IDX_FILES)
     if missing:
-        raise files_error(name, raw, [f + ".gz" for f in IDX_FILES], f"missing {', '.join(missing)}", kind.mirrors[0])
+        raise files_error(name, raw, [f + ".gz" for f in IDX_FILES], describe_missing(missing, IDX_FILES),
+                          kind.mirrors[0])
     splits = {}
     for train in (True, False):
         try:
