@@ -45,8 +45,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--model", choices=("linear", "none"), default="linear")
     parser.add_argument("--examples", type=int, default=60_000)
+    parser.add_argument("--repeats", type=int, default=3, help="epochs per path, alternating; the fastest counts")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (1 by default: stable numbers on a shared machine)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     images = torch.rand(args.examples, 1, 28, 28)
     labels = torch.randint(0, 10, (args.examples,))
@@ -61,13 +65,17 @@ def main() -> None:
                                  generator=torch.Generator().manual_seed(0))
     data_loader = DataLoader(TensorDataset(images, labels), batch_size=args.batch_size, shuffle=True,
                              generator=torch.Generator().manual_seed(0), pin_memory=device.type == "cuda")
-    # A warm-up pass of each (allocator, kernels, first-touch page faults) before timing.
+    # A warm-up pass of each (allocator, kernels, first-touch page faults), then alternating timed
+    # epochs, so a burst of load from other processes hits both paths alike; the fastest counts.
     for loader in (tensor_loader, data_loader):
         epoch_seconds(loader, *fresh_model(), device)
-    tensor_s = epoch_seconds(tensor_loader, *fresh_model(), device)
-    loader_s = epoch_seconds(data_loader, *fresh_model(), device)
+    times: dict[str, list[float]] = {"tensor": [], "loader": []}
+    for _ in range(args.repeats):
+        times["tensor"].append(epoch_seconds(tensor_loader, *fresh_model(), device))
+        times["loader"].append(epoch_seconds(data_loader, *fresh_model(), device))
+    tensor_s, loader_s = min(times["tensor"]), min(times["loader"])
     print(f"device {device}, {args.examples:,} images 28x28, batch {args.batch_size}, model {args.model}, "
-          f"torch {torch.__version__}")
+          f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     print(f"TensorLoader (dlrun)              {tensor_s:8.3f} s/epoch")
     print(f"DataLoader(TensorDataset(...))    {loader_s:8.3f} s/epoch")
     print(f"ratio                             {loader_s / tensor_s:8.1f}x faster")
