@@ -23,13 +23,13 @@ from dlrun import checkpoint, logs
 from dlrun.data import Loader, build_data
 from dlrun.device import configure_threads, select_device
 from dlrun.errors import ConfigError, TrainingDiverged
+from dlrun.kfold import train_folds
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
 from dlrun.optim import Scheduler, build_optimizer, build_scheduler
 from dlrun.rundir import (SUMMARY_FILE, RunStatus, config_fingerprint, environment, find_latest_run,
                           write_json)
 from dlrun.schema import validate
-from dlrun.kfold import train_folds
 from dlrun.tasks import Task, build_task
 
 log = logging.getLogger("dlrun")
