@@ -32,6 +32,12 @@ class MetricsLog:
         self.jsonl.flush()
         self.writer.flush()
 
+    def write_text(self, tag: str, text: str, step: int) -> None:
+        """A text (e.g. a language model's sample) in TensorBoard's TEXT tab and the console log."""
+        self.writer.add_text(tag, text, step)
+        self.writer.flush()
+        log.info("%s: %s", tag, text)
+
     def close(self) -> None:
         self.writer.close()
         self.jsonl.close()

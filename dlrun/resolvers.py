@@ -27,6 +27,52 @@ def safe_name(text: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)[:200]
 
 
+def data_root() -> str:
+    """Default `dataset.root` of the downloading datasets: $DLRUN_DATA, else ~/.cache/dlrun/data."""
+    from dlrun.data.storage import default_data_root
+
+    return default_data_root()
+
+
+# The resolvers below read the dataset's file so that a model gets the number of inputs or
+# outputs by interpolation, before anything is trained. Files are parsed once (cached) and
+# a missing or malformed file raises DataError, reported as one line. Imports are deferred
+# so `dlrun --help` stays quick.
+
+def text_vocab_size(path: str, level: str = "char", clean: bool = False, min_freq: int = 0,
+                    url: str | None = None, download: bool = False) -> int:
+    """Vocabulary size of a text file (dataset=text, time_machine), <unk> included."""
+    from dlrun.data.text import read_corpus
+
+    return len(read_corpus(path, level, clean, min_freq, url, download).tokens)
+
+
+def csv_num_features(path: str, target: str, task: str = "regression", drop: list[str] | None = None) -> int:
+    """Feature count of a CSV after standardizing and one-hot encoding (dataset=csv)."""
+    from dlrun.data.tabular import encode_csv
+
+    return encode_csv(path, target, task, tuple(drop or ())).features.shape[1]
+
+
+def csv_num_outputs(path: str, target: str, task: str = "regression", drop: list[str] | None = None) -> int:
+    """1 for regression, the number of distinct target values for classification (dataset=csv)."""
+    from dlrun.data.tabular import encode_csv
+
+    return len(encode_csv(path, target, task, tuple(drop or ())).classes) or 1
+
+
+def image_folder_classes(root: str, labels_csv: str | None = None) -> int:
+    """Number of classes in an image folder (sub-folders, or distinct labels of its CSV)."""
+    from dlrun.data.image_folder import find_classes
+
+    return len(find_classes(root, labels_csv))
+
+
+OmegaConf.register_new_resolver("dlrun.data_root", data_root, replace=True)
+OmegaConf.register_new_resolver("dlrun.text_vocab_size", text_vocab_size, replace=True)
+OmegaConf.register_new_resolver("dlrun.csv_num_features", csv_num_features, replace=True)
+OmegaConf.register_new_resolver("dlrun.csv_num_outputs", csv_num_outputs, replace=True)
+OmegaConf.register_new_resolver("dlrun.image_folder_classes", image_folder_classes, replace=True)
 OmegaConf.register_new_resolver("dlrun.image_shape", image_shape, replace=True)
 OmegaConf.register_new_resolver("dlrun.suffix", suffix, replace=True)
 OmegaConf.register_new_resolver("dlrun.safe_name", safe_name, replace=True)

@@ -9,6 +9,7 @@ does not accept is an error, and so is a required argument left out.
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
@@ -18,12 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (
     ConfigKeyError,
     InterpolationResolutionError,
+    InterpolationToMissingValueError,
     MissingMandatoryValue,
     OmegaConfBaseException,
     ValidationError,
 )
 
-from dlrun.errors import ConfigError
+from dlrun.errors import ConfigError, DlrunError
 from dlrun.tasks import TASKS
 
 
@@ -33,6 +35,7 @@ class TrainerConfig:
     batch_size: int = 64
     limit_batches: Optional[int] = None
     resume: Optional[str] = None
+    kfold: Optional[int] = None  # K-fold cross-validation: K runs, val = one fold each
 
 
 @dataclass
@@ -76,7 +79,7 @@ class Config:
 # Keys a group option may carry besides its target's arguments: dlrun reads them itself.
 META_KEYS: dict[str, set[str]] = {
     "model": {"input_size", "init"},
-    "dataset": {"task", "num_outputs", "input_shape", "resize", "val_fraction", "subset"},
+    "dataset": {"task", "num_outputs", "input_shape", "resize", "val_fraction", "subset", "log_target"},
     "optimizer": set(),
     "scheduler": {"interval", "monitor"},
 }
@@ -109,6 +112,8 @@ def instantiate_group(group_cfg: DictConfig, group: str) -> Any:
         return instantiate(target_arguments(group_cfg, group), _convert_="all")
     except InstantiationException as error:
         cause = error.__cause__
+        if isinstance(cause, DlrunError):  # e.g. DataError: already the one line to show
+            raise cause from None
         if isinstance(cause, (ValueError, TypeError)):
             raise ConfigError(f"{group}={group_cfg._target_.rpartition('.')[2]}: {cause}") from cause
         raise
@@ -121,11 +126,23 @@ def validate(cfg: DictConfig) -> DictConfig:
         typed = OmegaConf.merge(OmegaConf.structured(Config), plain)
         resolved = OmegaConf.to_container(typed, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as error:
+        data_error = _dlrun_error_behind(error)  # e.g. a resolver that reads a missing dataset file
+        if data_error is not None:
+            raise data_error from None
         raise ConfigError(describe_omegaconf_error(error)) from None
     for group in META_KEYS:
         _check_group(group, resolved[group])
     _check_ranges(resolved)
     return typed
+
+
+def _dlrun_error_behind(error: BaseException) -> Optional[DlrunError]:
+    """The DlrunError a resolver raised, which OmegaConf wraps in its own error."""
+    while error is not None:
+        if isinstance(error, DlrunError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def describe_omegaconf_error(error: OmegaConfBaseException) -> str:
@@ -134,7 +151,10 @@ def describe_omegaconf_error(error: OmegaConfBaseException) -> str:
     message = str(getattr(error, "msg", None) or error).splitlines()[0]
     if isinstance(error, ConfigKeyError) or "not in struct" in message or "not in '" in message:
         return unknown_key_message(str(key))
-    if isinstance(error, MissingMandatoryValue):
+    if isinstance(error, InterpolationToMissingValueError):  # e.g. num_outputs read from a dataset.path left ???
+        missing = re.search(r"Missing mandatory value: ([\w.\[\]]+)", message)
+        key = missing.group(1) if missing else key
+    if isinstance(error, (MissingMandatoryValue, InterpolationToMissingValueError)):
         return f"missing value for '{key}': set it, e.g. `dlrun {key}=...`"
     if isinstance(error, ValidationError):
         return f"wrong type for '{key}': {message}"
@@ -224,6 +244,10 @@ def _check_ranges(c: dict[str, Any]) -> None:
     trainer = c["trainer"]
     require(trainer["epochs"] >= 1, "trainer.epochs", trainer["epochs"], "must be >= 1")
     require(trainer["batch_size"] >= 1, "trainer.batch_size", trainer["batch_size"], "must be >= 1")
+    kfold = trainer["kfold"]
+    require(kfold is None or kfold >= 2, "trainer.kfold", kfold, "must be >= 2 or null")
+    if kfold and trainer["resume"]:
+        raise ConfigError("trainer.resume cannot continue a trainer.kfold run; start it again")
     for section in ("trainer", "debug"):
         value = c[section]["limit_batches"]
         require(value is None or value >= 1, f"{section}.limit_batches", value, "must be >= 1 or null")

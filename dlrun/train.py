@@ -20,16 +20,17 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dlrun import checkpoint, logs
-from dlrun.data import TensorLoader, build_data
+from dlrun.data import Loader, build_data
 from dlrun.device import configure_threads, select_device
 from dlrun.errors import ConfigError, TrainingDiverged
+from dlrun.kfold import train_folds
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
 from dlrun.optim import Scheduler, build_optimizer, build_scheduler
 from dlrun.rundir import (SUMMARY_FILE, RunStatus, config_fingerprint, environment, find_latest_run,
                           write_json)
 from dlrun.schema import validate
-from dlrun.tasks import build_task
+from dlrun.tasks import Task, build_task
 
 log = logging.getLogger("dlrun")
 
@@ -52,7 +53,10 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     status = RunStatus(run_dir, fingerprint)
     status.write("running")
     try:
-        summary = train(cfg, run_dir, fingerprint)
+        if cfg.trainer.kfold:
+            summary = train_folds(cfg, run_dir, fingerprint, train)
+        else:
+            summary = train(cfg, run_dir, fingerprint)
     except TrainingDiverged as error:
         status.write("diverged", error=str(error))
         raise
@@ -66,15 +70,16 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     return summary
 
 
-def train(cfg: DictConfig, run_dir: Path, fingerprint: str) -> dict[str, Any]:
+def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] = None) -> dict[str, Any]:
+    """One training run; with `fold`, validation is that fold of trainer.kfold (see dlrun.kfold)."""
     started = time.perf_counter()
     device = select_device(cfg.device.type)
     configure_threads(cfg.device.num_threads)
     seed_everything(cfg.seed)
     shuffle_generator = torch.Generator().manual_seed(cfg.seed)
 
-    data = build_data(cfg, device, shuffle_generator)
-    task = build_task(data.task)
+    data = build_data(cfg, device, shuffle_generator, fold=fold)
+    task = build_task(cfg.dataset, data)
     model = build_model(cfg.model, cfg.regularization.dropout).to(device)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
     scheduler = build_scheduler(cfg.scheduler, optimizer)
@@ -90,7 +95,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str) -> dict[str, Any]:
         progress.update(_restore(source, model, optimizer, scheduler, shuffle_generator, checkpoints))
         log.info("resuming from %s after epoch %d", source, progress["epoch"])
 
-    summary = summarize(model, _example_input(data.train))
+    summary = summarize(model, data.train.example_input())
     _save_model_summary(run_dir, summary)
     logs.show_start(_group_choices(), _overrides(), str(device), summary.table())
 
@@ -109,6 +114,8 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str) -> dict[str, Any]:
                 scheduler.step(history)
             metrics_log.write(epoch, history)
             log.info(logs.epoch_line(epoch, epochs, history))
+            for tag, text in task.epoch_texts(model).items():
+                metrics_log.write_text(tag, text, epoch)
 
             improved = _is_better(history[monitor], progress["best_value"], task.mode)
             if improved:
@@ -144,7 +151,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str) -> dict[str, Any]:
     return summary_data
 
 
-def train_one_epoch(model: nn.Module, loader: TensorLoader, task: Any, optimizer: torch.optim.Optimizer,
+def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: torch.optim.Optimizer,
                     scheduler: Optional[Scheduler], grad_clip: Optional[float], epoch: int,
                     epochs: int) -> dict[str, float]:
     """forward, loss, backward, step for every batch; read the device-side sums once at the end.
@@ -153,6 +160,7 @@ def train_one_epoch(model: nn.Module, loader: TensorLoader, task: Any, optimizer
     raises TrainingDiverged before the caller can checkpoint the poisoned weights.
     """
     model.train()
+    task.start_pass(training=True)
     device = next(model.parameters()).device
     sums = None
     step_losses = torch.empty(len(loader), device=device)
@@ -178,8 +186,9 @@ def train_one_epoch(model: nn.Module, loader: TensorLoader, task: Any, optimizer
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: TensorLoader, task: Any) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Loader, task: Task) -> dict[str, float]:
     model.eval()
+    task.start_pass(training=False)
     sums = None
     for inputs, targets in loader:
         outputs = task.forward(model, inputs)
@@ -246,11 +255,6 @@ def _results_rows(history: dict[str, float], test: dict[str, float]) -> dict[str
         if metric:
             rows.setdefault(split, {})[metric] = value
     return rows
-
-
-def _example_input(loader: TensorLoader) -> torch.Tensor:
-    example = loader.split.inputs[:1]
-    return loader.transform(example) if loader.transform is not None else example
 
 
 def _save_model_summary(run_dir: Path, summary: Any) -> None:

@@ -2,29 +2,35 @@
 
 A dataset option is a `_target_` that returns `DataSplits`; the keys listed in
 `schema.META_KEYS["dataset"]` are read here instead (task, shape, resize, subset, val split).
+In-memory splits (`TensorSplit`) move to the training device and are batched there by
+`TensorLoader`; file-backed ones (`FileSplit`) go through `FileLoader`'s worker processes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from dlrun.data.loader import BatchTransform, TensorLoader
-from dlrun.data.splits import DataSplits, TensorSplit, split_off
+from dlrun.data.files import FileLoader, FileSplit
+from dlrun.data.loader import BatchTransform, TensorLoader, compose
+from dlrun.data.splits import DataSplits, TensorSplit, fold_split, split_off
 from dlrun.schema import instantiate_group
+
+Loader = Union[TensorLoader, FileLoader]
 
 
 @dataclass
 class Data:
-    train: TensorLoader
-    val: TensorLoader
-    test: TensorLoader
+    train: Loader
+    val: Loader
+    test: Loader
     task: str
     extras: dict[str, Any]
+    sequential: bool  # batches follow streams of one sequence (a recurrent state may carry over)
 
 
 def load_splits(dataset_cfg: DictConfig) -> DataSplits:
@@ -32,33 +38,50 @@ def load_splits(dataset_cfg: DictConfig) -> DataSplits:
     return instantiate_group(dataset_cfg, "dataset")
 
 
-def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.Generator) -> Data:
-    """Load, split, trim and move the dataset to `device`; wrap each split in a TensorLoader."""
+def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.Generator,
+               fold: Optional[int] = None) -> Data:
+    """Load, split, trim and move the dataset to `device`; wrap each split in a loader.
+
+    With `fold` (0 .. trainer.kfold-1), val is that fold of the training data (train and any
+    given val pooled) and train the other folds: K-fold cross-validation.
+    """
     dataset = cfg.dataset
     splits = load_splits(dataset)
     train, val = splits.train, splits.val
-    if val is None:
-        train, val = split_off(train, dataset.val_fraction, seed=cfg.seed)
+    if fold is not None:
+        pooled = train if val is None else TensorSplit(torch.cat([train.inputs, val.inputs]),
+                                                       torch.cat([train.targets, val.targets]))
+        train, val = fold_split(pooled, fold, cfg.trainer.kfold, seed=cfg.seed)
+    elif val is None:
+        train, val = split_off(train, dataset.val_fraction, seed=cfg.seed, in_order=splits.sequential)
     subset = _smallest(dataset.subset, cfg.debug.subset)
     parts = {"train": train, "val": val, "test": splits.test}
     if subset is not None:
         parts = {name: part.select(slice(0, subset)) for name, part in parts.items()}
-    parts = {name: part.to(device) for name, part in parts.items()}
 
     limit = _smallest(cfg.trainer.limit_batches, cfg.debug.limit_batches)
-    transform = _resize_transform(list(dataset.input_shape), parts["train"].inputs)
+    # Evaluation sees pixels as floats at the model's size; train-only augmentation goes after it.
+    eval_transform = compose(_to_float(parts["train"]), _resize_transform(list(dataset.input_shape), parts["train"]))
+    train_transform = eval_transform
     batch_size = cfg.trainer.batch_size
 
-    def loader(part: TensorSplit, shuffle: bool) -> TensorLoader:
-        return TensorLoader(part, batch_size, shuffle=shuffle, generator=shuffle_generator if shuffle else None,
-                            limit_batches=limit, transform=transform)
+    def loader(part: Union[TensorSplit, FileSplit], training: bool) -> Loader:
+        shuffle = training and not splits.sequential
+        generator = shuffle_generator if shuffle else None
+        transform = train_transform if training else eval_transform
+        if isinstance(part, FileSplit):
+            return FileLoader(part, batch_size, device=device, training=training, shuffle=shuffle,
+                              generator=generator, limit_batches=limit, transform=transform)
+        return TensorLoader(part.to(device), batch_size, shuffle=shuffle, streams=splits.sequential,
+                            generator=generator, limit_batches=limit, transform=transform)
 
     return Data(
-        train=loader(parts["train"], shuffle=True),
-        val=loader(parts["val"], shuffle=False),
-        test=loader(parts["test"], shuffle=False),
+        train=loader(parts["train"], training=True),
+        val=loader(parts["val"], training=False),
+        test=loader(parts["test"], training=False),
         task=dataset.task,
         extras=splits.extras,
+        sequential=splits.sequential,
     )
 
 
@@ -67,13 +90,23 @@ def _smallest(*limits: Optional[int]) -> Optional[int]:
     return min(given) if given else None
 
 
-def _resize_transform(input_shape: list[int], inputs: torch.Tensor) -> Optional[BatchTransform]:
+def _to_float(split: Union[TensorSplit, FileSplit]) -> Optional[BatchTransform]:
+    """uint8 pixels (kept so in memory: a quarter of float32) become floats in [0, 1] per batch."""
+    if not isinstance(split, TensorSplit) or split.inputs.dtype != torch.uint8:
+        return None
+    return lambda batch: batch.float().div_(255)
+
+
+def _resize_transform(input_shape: list[int], split: Union[TensorSplit, FileSplit]) -> Optional[BatchTransform]:
     """Resize image batches to the model's input size on the device (d2l's Resize, batch-wise)."""
-    if inputs.dim() != 4 or len(input_shape) != 3 or list(inputs.shape[2:]) == input_shape[1:]:
+    stored = list(split.inputs.shape[1:]) if isinstance(split, TensorSplit) else None
+    if len(input_shape) != 3 or (stored is not None and (len(stored) != 3 or stored[1:] == input_shape[1:])):
         return None
     size = tuple(input_shape[1:])
 
     def resize(batch: torch.Tensor) -> torch.Tensor:
+        if tuple(batch.shape[2:]) == size:  # file-backed batches are often decoded at the model's size already
+            return batch
         return F.interpolate(batch, size=size, mode="bilinear", align_corners=False)
 
     return resize

@@ -1,8 +1,8 @@
 """Minibatches of device-resident tensors, chosen by a permutation index.
 
 This is the fast path for every in-memory dataset: no per-sample collation, no worker
-processes, no host-to-device copy per step. Batch-wise transforms (resize, augmentation)
-run on the same device.
+processes, no host-to-device copy per step. Batch-wise transforms (uint8 → float, resize,
+augmentation) run on the same device.
 """
 
 from __future__ import annotations
@@ -17,11 +17,31 @@ from dlrun.data.splits import TensorSplit
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
+def compose(*transforms: Optional[BatchTransform]) -> Optional[BatchTransform]:
+    """Apply the given batch transforms left to right (None entries skipped); None when there are none."""
+    steps = [step for step in transforms if step is not None]
+    if not steps:
+        return None
+    if len(steps) == 1:
+        return steps[0]
+
+    def composed(batch: torch.Tensor) -> torch.Tensor:
+        for step in steps:
+            batch = step(batch)
+        return batch
+
+    return composed
+
+
 class TensorLoader:
     """Iterate `(inputs, targets)` batches of a TensorSplit.
 
-    `generator` drives the shuffling and lives on the CPU, so its state can be saved in a
-    checkpoint and the exact batch order resumed. `limit_batches` caps batches per pass.
+    Order: in storage order, shuffled by `generator` (which lives on the CPU, so its state can
+    be saved in a checkpoint and the exact batch order resumed), or — with `streams=True` — as
+    d2l's sequential sampling: the examples are cut into `batch_size` contiguous streams and
+    row j of batch k+1 is the example right after row j of batch k, so a recurrent model can
+    carry its state from batch to batch. Every streamed batch is full (the remainder is dropped).
+    `limit_batches` caps batches per pass.
     """
 
     def __init__(
@@ -30,36 +50,58 @@ class TensorLoader:
         batch_size: int,
         *,
         shuffle: bool = False,
+        streams: bool = False,
         generator: Optional[torch.Generator] = None,
         limit_batches: Optional[int] = None,
         transform: Optional[BatchTransform] = None,
     ) -> None:
         if shuffle and generator is None:
             raise ValueError("a shuffling TensorLoader needs a generator")
+        if shuffle and streams:
+            raise ValueError("a TensorLoader either shuffles or follows streams, not both")
         self.split = split
-        self.batch_size = batch_size
+        self.batch_size = min(batch_size, len(split)) if streams else batch_size
         self.shuffle = shuffle
+        self.streams = streams
         self.generator = generator
         self.limit_batches = limit_batches
         self.transform = transform
 
     def __len__(self) -> int:
-        batches = math.ceil(len(self.split) / self.batch_size)
+        if self.streams:
+            batches = len(self.split) // max(self.batch_size, 1)
+        else:
+            batches = math.ceil(len(self.split) / self.batch_size)
         return batches if self.limit_batches is None else min(batches, self.limit_batches)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = None
-        if self.shuffle:
-            order = torch.randperm(len(self.split), generator=self.generator).to(self.split.inputs.device)
+        order = self._order()
         for batch in range(len(self)):
-            window = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
-            index = window if order is None else order[window]
+            if self.streams:
+                index = order[:, batch]
+            else:
+                window = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
+                index = window if order is None else order[window]
             inputs, targets = self.split.inputs[index], self.split.targets[index]
             if self.transform is not None:
                 inputs = self.transform(inputs)
             yield inputs, targets
 
+    def _order(self) -> Optional[torch.Tensor]:
+        device = self.split.inputs.device
+        if self.shuffle:
+            return torch.randperm(len(self.split), generator=self.generator).to(device)
+        if self.streams:  # (streams, batches): stream j holds examples j*L .. j*L+L-1
+            length = len(self.split) // max(self.batch_size, 1)
+            return torch.arange(self.batch_size * length, device=device).reshape(self.batch_size, length)
+        return None
+
     @property
     def num_examples(self) -> int:
         """Examples one full pass yields (fewer than the split when limit_batches cuts it)."""
         return min(len(self.split), len(self) * self.batch_size)
+
+    def example_input(self) -> torch.Tensor:
+        """One example as the model sees it (transformed), for the model summary."""
+        example = self.split.inputs[:1]
+        return self.transform(example) if self.transform is not None else example

@@ -21,3 +21,14 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> DataSplits:
         return TensorSplit(pixels, torch.tensor(y, dtype=torch.long))
 
     return DataSplits(train=split(train_x, train_y), test=split(test_x, test_y))
+
+
+def load_diabetes(test_fraction: float = 0.2, seed: int = 0) -> DataSplits:
+    """442 patients, 10 standardized features, disease progression after a year (25-346) to regress."""
+    features, target = datasets.load_diabetes(return_X_y=True)
+    train_x, test_x, train_y, test_y = train_test_split(features, target, test_size=test_fraction, random_state=seed)
+
+    def split(x, y) -> TensorSplit:
+        return TensorSplit(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32))
+
+    return DataSplits(train=split(train_x, train_y), test=split(test_x, test_y))

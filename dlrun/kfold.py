@@ -1,0 +1,60 @@
+"""K-fold cross-validation (`trainer.kfold=K`): K runs, each validating on another fold.
+
+Each fold is a full run in `<run_dir>/fold_<k>/` (its own checkpoints, TensorBoard events and
+summary.json); the run directory's summary.json lists every fold's final metrics and their
+mean and standard deviation, which are also printed as a table.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+from rich.table import Table
+
+from dlrun import logs
+from dlrun.rundir import SUMMARY_FILE, environment, write_json
+
+log = logging.getLogger("dlrun")
+SPLITS = ("train/", "val/", "test/")
+
+
+def train_folds(cfg: DictConfig, run_dir: Path, fingerprint: str,
+                train: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Call `train(cfg, fold_dir, fingerprint, fold=k)` for every fold; summarize them all."""
+    started = time.perf_counter()
+    folds = cfg.trainer.kfold
+    rows = []
+    for fold in range(folds):
+        log.info("fold %d/%d", fold + 1, folds)
+        fold_dir = run_dir / f"fold_{fold}"
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        summary = train(cfg, fold_dir, fingerprint, fold=fold)
+        metrics = {name: value for name, value in {**summary["final"], **summary["test"]}.items()
+                   if name.startswith(SPLITS)}
+        rows.append({"fold": fold, "best_epoch": summary["best_epoch"], **metrics})
+        device, monitor = summary["device"], summary["monitor"]
+    names = [name for name in rows[0] if name.startswith(SPLITS)]
+    mean = {name: statistics.fmean(row[name] for row in rows) for name in names}
+    std = {name: statistics.stdev(row[name] for row in rows) for name in names}
+    result = {"status": "completed", "kfold": folds, "monitor": monitor, "folds": rows, "mean": mean, "std": std,
+              "duration_s": time.perf_counter() - started, "device": device, "environment": environment()}
+    write_json(run_dir / SUMMARY_FILE, result)
+    logs.console.print(_table(rows, names, mean, std))
+    log.info("%d-fold %s: %s", folds, monitor, f"{mean[monitor]:.4f} ± {std[monitor]:.4f}")
+    return result
+
+
+def _table(rows: list[dict[str, Any]], names: list[str], mean: dict[str, float], std: dict[str, float]) -> Table:
+    table = Table(title=f"{len(rows)}-fold cross-validation")
+    table.add_column("fold")
+    for name in names:
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(str(row["fold"]), *(f"{row[name]:.4f}" for name in names))
+    table.add_row("mean ± std", *(f"{mean[name]:.4f} ± {std[name]:.4f}" for name in names), style="bold")
+    return table

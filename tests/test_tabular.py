@@ -1,0 +1,92 @@
+"""CSV datasets: d2l's house-price preprocessing, shapes known at config time, log-RMSE, k-fold."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import compose_config, read_json
+from dataset_files import write_house_csv
+from dlrun.data.splits import TensorSplit, fold_split
+from dlrun.data.tabular import encode_csv
+from dlrun.errors import DataError
+from dlrun.schema import validate
+from dlrun.tasks import Regression
+from dlrun.train import run
+
+
+def test_numeric_standardized_missing_filled_categoricals_one_hot(tmp_path):
+    path = tmp_path / "house.csv"
+    write_house_csv(path)
+    table = encode_csv(str(path), "SalePrice", "regression", ("Id",))
+    assert table.feature_names == ("LotArea", "Street=Grvl", "Street=Pave", "Street=<missing>", "Zero",
+                                   "Quality=high", "Quality=low", "Quality=mid")
+    area = table.features[:, 0]
+    present = np.array([n % 7 != 3 for n in range(40)])
+    assert abs(area[present].mean()) < 1e-5 and abs(area[present].std() - 1) < 1e-5
+    assert (area[~present] == 0).all()  # missing → the mean
+    street = table.features[:, 1:4]
+    assert (street.sum(axis=1) == 1).all() and street[4].tolist() == [0, 0, 1]  # row 4 had "NA"
+    assert (table.features[:, 4] == 0).all()  # a constant column stays finite
+    assert table.targets[1] == 100000 + 2500 + 10000
+
+
+def test_shapes_reach_the_model_by_interpolation(tmp_path):
+    path = tmp_path / "house.csv"
+    write_house_csv(path)
+    cfg = validate(compose_config("dataset=csv", "model=mlp", f"dataset.path={path}", "dataset.target=SalePrice"))
+    assert list(cfg.model.input_shape) == [9] and cfg.model.num_outputs == 1  # Id kept as a numeric feature
+    cfg = validate(compose_config("dataset=csv", "model=mlp", f"dataset.path={path}", "dataset.target=Quality",
+                                  "dataset.task=classification", "dataset.drop=[Id]"))
+    assert list(cfg.model.input_shape) == [6] and cfg.model.num_outputs == 3
+    with pytest.raises(DataError, match="target 'Street' is missing on line 6 \\(8 rows in all\\)"):
+        validate(compose_config("dataset=csv", f"dataset.path={path}", "dataset.target=Street",
+                                "dataset.task=classification"))
+
+
+def test_csv_classification_trains(cfg_for, tmp_path):
+    path = tmp_path / "house.csv"
+    write_house_csv(path)
+    summary = run(cfg_for("dataset=csv", "model=mlp", f"dataset.path={path}", "dataset.target=Quality",
+                          "dataset.task=classification", "dataset.drop=[Id]", "trainer.epochs=2"),
+                  run_dir=tmp_path / "run")
+    assert summary["monitor"] == "val/acc" and 0 <= summary["test"]["test/acc"] <= 1
+
+
+def test_log_rmse_is_d2ls():
+    task = Regression(log_target=True)
+    outputs, targets = torch.tensor([[0.5], [200.0]]), torch.tensor([10.0, 100.0])
+    stats = task.batch_stats(outputs, targets, task.loss(outputs, targets))
+    expected = math.sqrt(((math.log(1) - math.log(10)) ** 2 + (math.log(200) - math.log(100)) ** 2) / 2)
+    assert task.metrics(stats.tolist())["log_rmse"] == pytest.approx(expected, rel=1e-6)
+    assert task.metric == "log_rmse" and Regression().metric == "rmse"
+
+
+def test_folds_partition_the_data():
+    split = TensorSplit(torch.arange(10.0), torch.arange(10))
+    vals = [fold_split(split, k, 3, seed=0)[1].targets.tolist() for k in range(3)]
+    assert sorted(sum(vals, [])) == list(range(10)) and [len(v) for v in vals] == [4, 3, 3]
+    rest, val = fold_split(split, 1, 3, seed=0)
+    assert not set(rest.targets.tolist()) & set(val.targets.tolist())
+    assert vals == [fold_split(split, k, 3, seed=0)[1].targets.tolist() for k in range(3)]
+
+
+def test_kfold_reports_every_fold_and_mean_std(cfg_for, tmp_path):
+    path = tmp_path / "house.csv"
+    write_house_csv(path)
+    cfg = cfg_for("dataset=csv", f"dataset.path={path}", "dataset.target=SalePrice", "dataset.drop=[Id]",
+                  "dataset.log_target=true", "model=mlp", "trainer.kfold=3", "trainer.epochs=2",
+                  "trainer.batch_size=8")
+    summary = run(cfg, run_dir=tmp_path / "run")
+    saved = read_json(tmp_path / "run" / "summary.json")
+    assert saved["kfold"] == 3 and [row["fold"] for row in saved["folds"]] == [0, 1, 2]
+    values = [row["val/log_rmse"] for row in saved["folds"]]
+    assert saved["mean"]["val/log_rmse"] == pytest.approx(np.mean(values))
+    assert saved["std"]["val/log_rmse"] == pytest.approx(np.std(values, ddof=1))
+    assert saved["monitor"] == "val/log_rmse" and summary["folds"] == saved["folds"]
+    for fold in range(3):
+        assert (tmp_path / "run" / f"fold_{fold}" / "checkpoints" / "best.pt").exists()
+    assert read_json(tmp_path / "run" / "status.json")["status"] == "completed"
