@@ -28,8 +28,12 @@ class Classification(Task):
 
     metric, mode = "acc", "max"
 
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        # regularization.label_smoothing; reported losses (val and test too) include it.
+        self.label_smoothing = label_smoothing
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs, targets)
+        return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
 
     def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """[loss x examples, correct predictions, examples]."""
@@ -65,5 +69,6 @@ class Regression(Task):
 TASKS = {"classification": Classification, "regression": Regression}
 
 
-def build_task(kind: str) -> Task:
-    return TASKS[kind]()
+def build_task(kind: str, label_smoothing: float = 0.0) -> Task:
+    """The task for `dataset.task`; `label_smoothing` (checked by the schema) applies to classification."""
+    return TASKS[kind](label_smoothing) if label_smoothing else TASKS[kind]()

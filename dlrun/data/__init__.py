@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from dlrun.data.augment import build_augment, chain
 from dlrun.data.loader import BatchTransform, TensorLoader
 from dlrun.data.splits import DataSplits, TensorSplit, split_off
 from dlrun.schema import instantiate_group
@@ -46,17 +47,19 @@ def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.G
     parts = {name: part.to(device) for name, part in parts.items()}
 
     limit = _smallest(cfg.trainer.limit_batches, cfg.debug.limit_batches)
-    transform = _resize_transform(list(dataset.input_shape), parts["train"].inputs)
+    resize = _resize_transform(list(dataset.input_shape), parts["train"].inputs)
+    # Augmentation touches the training batches only, after they have the model's input size.
+    train_transform = chain(resize, build_augment(cfg.regularization.augment, parts["train"].inputs))
     batch_size = cfg.trainer.batch_size
 
-    def loader(part: TensorSplit, shuffle: bool) -> TensorLoader:
+    def loader(part: TensorSplit, shuffle: bool, transform: Optional[BatchTransform]) -> TensorLoader:
         return TensorLoader(part, batch_size, shuffle=shuffle, generator=shuffle_generator if shuffle else None,
                             limit_batches=limit, transform=transform)
 
     return Data(
-        train=loader(parts["train"], shuffle=True),
-        val=loader(parts["val"], shuffle=False),
-        test=loader(parts["test"], shuffle=False),
+        train=loader(parts["train"], shuffle=True, transform=train_transform),
+        val=loader(parts["val"], shuffle=False, transform=resize),
+        test=loader(parts["test"], shuffle=False, transform=resize),
         task=dataset.task,
         extras=splits.extras,
     )
