@@ -49,10 +49,10 @@ def build_optimizer(optimizer_cfg: DictConfig, model: nn.Module, regularization:
     passed through unchanged.
     """
     groups = parameter_groups(model, regularization.weight_decay, regularization.decay_bias_and_norm)
-    chosen: dict[str, Any] = {}
+    implementation: dict[str, Any] = {}
     if "fused" in optimizer_cfg and optimizer_cfg.fused is None:
-        chosen["fused"] = _fused_is_valid(optimizer_cfg._target_, [p for g in groups for p in g["params"]])
-    return instantiate_group(optimizer_cfg, "optimizer")(groups, **chosen)
+        implementation["fused"] = _fused_is_valid(optimizer_cfg._target_, [p for g in groups for p in g["params"]])
+    return instantiate_group(optimizer_cfg, "optimizer")(groups, **implementation)
 
 
 def _fused_is_valid(target: str, parameters: list[torch.Tensor]) -> bool:
