@@ -1,59 +1,60 @@
-"""Optimizer and learning-rate scheduler construction from their config groups."""
+"""Optimizer construction from its config group, and the regularization terms that act on parameters."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import inspect
+from typing import Any
 
 import torch
+from hydra.utils import get_object
 from omegaconf import DictConfig
 from torch import nn
 
 from dlrun.schema import instantiate_group
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: bool) -> list[dict[str, Any]]:
-    """L2 weight decay as optimizer parameter groups.
+def regularized_parameters(model: nn.Module, decay_bias_and_norm: bool) -> list[nn.Parameter]:
+    """The trainable parameters weight decay and L1 act on.
 
-    Without `decay_bias_and_norm`, 1-D parameters (biases, batch-norm scales and shifts) get
-    no decay: shrinking them does not regularise the function and hurts normalised nets.
+    Without `decay_bias_and_norm`, 1-D parameters (biases, batch-norm scales and shifts) are
+    left out: shrinking them does not regularise the function and hurts normalised nets.
     """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return trainable if decay_bias_and_norm else [p for p in trainable if p.dim() > 1]
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: bool) -> list[dict[str, Any]]:
+    """L2 weight decay as optimizer parameter groups: decayed parameters, then the exempt ones."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if decay_bias_and_norm or weight_decay == 0:
         return [{"params": trainable, "weight_decay": weight_decay}]
-    decayed = [p for p in trainable if p.dim() > 1]
-    exempt = [p for p in trainable if p.dim() <= 1]
+    decayed = regularized_parameters(model, decay_bias_and_norm)
+    decayed_ids = {id(p) for p in decayed}
+    exempt = [p for p in trainable if id(p) not in decayed_ids]
     return [group for group in ({"params": decayed, "weight_decay": weight_decay},
                                 {"params": exempt, "weight_decay": 0.0}) if group["params"]]
 
 
+def l1_penalty(parameters: list[nn.Parameter], strength: float) -> torch.Tensor:
+    """strength · Σ|w|: added to the loss, it adds strength · sign(w) to each gradient."""
+    return strength * torch.stack([p.abs().sum() for p in parameters]).sum()
+
+
 def build_optimizer(optimizer_cfg: DictConfig, model: nn.Module, regularization: DictConfig) -> torch.optim.Optimizer:
+    """The configured optimizer over `model`'s parameter groups.
+
+    An optimizer YAML that sets `fused: null` gets torch's fused kernel when every parameter
+    is a floating-point tensor on CUDA (torch's fastest path there) and the default
+    implementation otherwise (foreach on CUDA, the for-loop on CPU); `fused: true/false` is
+    passed through unchanged.
+    """
     groups = parameter_groups(model, regularization.weight_decay, regularization.decay_bias_and_norm)
-    return instantiate_group(optimizer_cfg, "optimizer")(groups)
+    implementation: dict[str, Any] = {}
+    if "fused" in optimizer_cfg and optimizer_cfg.fused is None:
+        implementation["fused"] = _fused_is_valid(optimizer_cfg._target_, [p for g in groups for p in g["params"]])
+    return instantiate_group(optimizer_cfg, "optimizer")(groups, **implementation)
 
 
-class Scheduler:
-    """A torch LR scheduler plus when it steps (`interval`: epoch or step) and on what."""
-
-    def __init__(self, scheduler_cfg: DictConfig, optimizer: torch.optim.Optimizer) -> None:
-        self.torch_scheduler = instantiate_group(scheduler_cfg, "scheduler")(optimizer)
-        self.interval = scheduler_cfg.get("interval", "epoch")
-        self.monitor = scheduler_cfg.get("monitor")  # e.g. val/loss for ReduceLROnPlateau
-
-    def step(self, metrics: Optional[dict[str, float]] = None) -> None:
-        if self.monitor is not None:
-            self.torch_scheduler.step(metrics[self.monitor])
-        else:
-            self.torch_scheduler.step()
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.torch_scheduler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.torch_scheduler.load_state_dict(state)
-
-
-def build_scheduler(scheduler_cfg: DictConfig, optimizer: torch.optim.Optimizer) -> Optional[Scheduler]:
-    """None for `scheduler=none` (a constant learning rate)."""
-    if scheduler_cfg.get("_target_") is None:
-        return None
-    return Scheduler(scheduler_cfg, optimizer)
+def _fused_is_valid(target: str, parameters: list[torch.Tensor]) -> bool:
+    accepts_fused = "fused" in inspect.signature(get_object(target)).parameters
+    return accepts_fused and all(p.is_cuda and torch.is_floating_point(p) for p in parameters)

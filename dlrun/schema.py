@@ -43,9 +43,17 @@ class RegularizationConfig:
     weight_decay: float = 0.0
     # False (d2l's and most references' choice): biases and norm-layer weights get no decay.
     decay_bias_and_norm: bool = False
+    # Strength of an L1 penalty λ·Σ|w| added to the loss (same parameters as weight decay).
+    l1: float = 0.0
     dropout: float = 0.0
+    # Cross-entropy label smoothing (classification tasks only).
+    label_smoothing: float = 0.0
+    # Batch-wise training-set augmentation on the device: one of data.augment.AUGMENTS.
+    augment: str = "none"
     # Max gradient norm; 0 turns clipping off, null uses the task's default (language models: 1).
     grad_clip: Optional[float] = None
+    # Stop after this many epochs without a better validation metric; 0 = never.
+    early_stopping: int = 0
 
 
 @dataclass
@@ -228,7 +236,22 @@ def _check_type(key: str, value: Any, annotation: Any) -> None:
         raise ConfigError(f"wrong type for '{key}': expected {expected}, got {value!r}")
 
 
+def _check_scheduler(scheduler: dict[str, Any]) -> None:
+    from dlrun.schedulers import INTERVALS, is_metric_driven  # schedulers builds on this module
+
+    interval = scheduler.get("interval")
+    if scheduler.get("_target_") is None or interval is None:
+        return
+    if interval not in INTERVALS:
+        raise ConfigError(f"scheduler.interval={interval!r} is not one of: {', '.join(INTERVALS)}")
+    if interval == "step" and is_metric_driven(scheduler["_target_"]):
+        raise ConfigError("scheduler.interval=step cannot work for a metric-driven scheduler: "
+                          "validation metrics exist once per epoch; use scheduler.interval=epoch")
+
+
 def _check_ranges(c: dict[str, Any]) -> None:
+    from dlrun.data.augment import AUGMENTS  # dlrun.data builds on this module
+
     def require(ok: bool, key: str, value: Any, rule: str) -> None:
         if not ok:
             raise ConfigError(f"{key}={value} is out of range: {rule}")
@@ -239,8 +262,19 @@ def _check_ranges(c: dict[str, Any]) -> None:
     reg = c["regularization"]
     require(0 <= reg["dropout"] < 1, "regularization.dropout", reg["dropout"], "must be in [0, 1)")
     require(reg["weight_decay"] >= 0, "regularization.weight_decay", reg["weight_decay"], "must be >= 0")
+    require(reg["l1"] >= 0, "regularization.l1", reg["l1"], "must be >= 0")
+    smoothing = reg["label_smoothing"]
+    require(0 <= smoothing < 1, "regularization.label_smoothing", smoothing, "must be in [0, 1)")
+    if smoothing and c["dataset"].get("task") != "classification":
+        raise ConfigError(f"regularization.label_smoothing={smoothing} needs a classification dataset; "
+                          f"dataset.task is {c['dataset'].get('task')!r}")
+    if reg["augment"] not in AUGMENTS:
+        raise ConfigError(f"regularization.augment={reg['augment']!r} is not one of: {', '.join(AUGMENTS)}")
+    patience = reg["early_stopping"]
+    require(patience >= 0, "regularization.early_stopping", patience, "must be >= 0 (0 = off)")
     clip = reg["grad_clip"]
     require(clip is None or clip >= 0, "regularization.grad_clip", clip, "must be >= 0 (0 = off) or null")
+    _check_scheduler(c["scheduler"])
     trainer = c["trainer"]
     require(trainer["epochs"] >= 1, "trainer.epochs", trainer["epochs"], "must be >= 1")
     require(trainer["batch_size"] >= 1, "trainer.batch_size", trainer["batch_size"], "must be >= 1")

@@ -27,7 +27,8 @@ class Task:
     default_grad_clip: Optional[float] = None  # used when regularization.grad_clip is null
 
     @classmethod
-    def from_config(cls, dataset_cfg: DictConfig, data: "Data") -> "Task":
+    def from_config(cls, cfg: DictConfig, data: "Data") -> "Task":
+        """Build from the whole run config (cfg.dataset, cfg.regularization, ...) and the loaded data."""
         return cls()
 
     def start_pass(self, training: bool) -> None:
@@ -46,8 +47,16 @@ class Classification(Task):
 
     metric, mode = "acc", "max"
 
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        # regularization.label_smoothing; reported losses (val and test too) include it.
+        self.label_smoothing = label_smoothing
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, data: "Data") -> "Classification":
+        return cls(label_smoothing=cfg.regularization.label_smoothing)
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs, targets)
+        return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
 
     def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """[loss x examples, correct predictions, examples]."""
@@ -75,8 +84,8 @@ class Regression(Task):
         self.metric = "log_rmse" if log_target else "rmse"
 
     @classmethod
-    def from_config(cls, dataset_cfg: DictConfig, data: "Data") -> "Regression":
-        return cls(log_target=bool(dataset_cfg.get("log_target", False)))
+    def from_config(cls, cfg: DictConfig, data: "Data") -> "Regression":
+        return cls(log_target=bool(cfg.dataset.get("log_target", False)))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(outputs, targets.reshape(outputs.shape))
@@ -122,7 +131,7 @@ class LanguageModel(Task):
         self.state: Any = None
 
     @classmethod
-    def from_config(cls, dataset_cfg: DictConfig, data: "Data") -> "LanguageModel":
+    def from_config(cls, cfg: DictConfig, data: "Data") -> "LanguageModel":
         extras = data.extras
         return cls(extras["tokens"], extras["separator"], extras["sample_prefix"], carry_state=data.sequential)
 
@@ -178,6 +187,6 @@ TASKS: dict[str, type[Task]] = {"classification": Classification, "regression": 
                                 "language_model": LanguageModel}
 
 
-def build_task(dataset_cfg: DictConfig, data: "Data") -> Task:
-    """The task `dataset.task` names, configured from the dataset (e.g. log_target, a vocabulary)."""
-    return TASKS[data.task].from_config(dataset_cfg, data)
+def build_task(cfg: DictConfig, data: "Data") -> Task:
+    """The task `dataset.task` names, configured from the run's config and data (log_target, a vocabulary)."""
+    return TASKS[data.task].from_config(cfg, data)

@@ -10,8 +10,9 @@ import math
 import random
 import shutil
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -26,9 +27,10 @@ from dlrun.errors import ConfigError, TrainingDiverged
 from dlrun.kfold import train_folds
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
-from dlrun.optim import Scheduler, build_optimizer, build_scheduler
+from dlrun.optim import build_optimizer, l1_penalty, regularized_parameters
 from dlrun.rundir import (SUMMARY_FILE, RunStatus, config_fingerprint, environment, find_latest_run,
                           write_json)
+from dlrun.schedulers import Scheduler, build_scheduler
 from dlrun.schema import validate
 from dlrun.tasks import Task, build_task
 
@@ -79,15 +81,21 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
     shuffle_generator = torch.Generator().manual_seed(cfg.seed)
 
     data = build_data(cfg, device, shuffle_generator, fold=fold)
-    task = build_task(cfg.dataset, data)
-    model = build_model(cfg.model, cfg.regularization.dropout).to(device)
-    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
-    scheduler = build_scheduler(cfg.scheduler, optimizer)
+    regularization = cfg.regularization
+    task = build_task(cfg, data)
+    model = build_model(cfg.model, regularization.dropout).to(device)
+    epochs = min(cfg.trainer.epochs, cfg.debug.max_epochs or cfg.trainer.epochs)
     monitor = f"val/{task.metric}"
-    grad_clip = cfg.regularization.grad_clip
-    grad_clip = task.default_grad_clip if grad_clip is None else grad_clip
+    optimizer = build_optimizer(cfg.optimizer, model, regularization)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, epochs, len(data.train), monitor, task.mode)
+    grad_clip = task.default_grad_clip if regularization.grad_clip is None else regularization.grad_clip
+    penalty = None
+    if regularization.l1:
+        penalized = regularized_parameters(model, regularization.decay_bias_and_norm)
+        penalty = partial(l1_penalty, penalized, regularization.l1)
     checkpoints = run_dir / "checkpoints"
-    progress: dict[str, Any] = {"epoch": 0, "best_value": None, "best_epoch": None, "resumed_from": None}
+    progress: dict[str, Any] = {"epoch": 0, "best_value": None, "best_epoch": None, "resumed_from": None,
+                                "stopped_early": None}
 
     if cfg.trainer.resume:
         latest = find_latest_run(Path(cfg.output_root), fingerprint, exclude=run_dir)
@@ -95,16 +103,18 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
         progress.update(_restore(source, model, optimizer, scheduler, shuffle_generator, checkpoints))
         log.info("resuming from %s after epoch %d", source, progress["epoch"])
 
-    summary = summarize(model, data.train.example_input())
+    # An example from the test loader: it is not augmented, so no random numbers are drawn
+    # here (an exact resume depends on the RNG streams being untouched).
+    summary = summarize(model, data.test.example_input())
     _save_model_summary(run_dir, summary)
     logs.show_start(_group_choices(), _overrides(), str(device), summary.table())
 
-    epochs = min(cfg.trainer.epochs, cfg.debug.max_epochs or cfg.trainer.epochs)
     history: dict[str, float] = {}
     with logs.MetricsLog(run_dir) as metrics_log:
         for epoch in range(progress["epoch"] + 1, epochs + 1):
             epoch_started = time.perf_counter()
-            train_metrics = train_one_epoch(model, data.train, task, optimizer, scheduler, grad_clip, epoch, epochs)
+            train_metrics = train_one_epoch(model, data.train, task, optimizer, scheduler, grad_clip, penalty,
+                                            epoch, epochs)
             val_metrics = evaluate(model, data.val, task)
             seconds = time.perf_counter() - epoch_started
             history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
@@ -125,6 +135,11 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
             checkpoint.save_checkpoint(checkpoints / checkpoint.LAST, state)
             if improved:
                 checkpoint.save_checkpoint(checkpoints / checkpoint.BEST, state)
+            if _patience_ran_out(epoch, progress["best_epoch"], regularization.early_stopping):
+                progress["stopped_early"] = epoch
+                log.info("early stopping after epoch %d: %s has not improved for %d epochs (best: epoch %s)",
+                         epoch, monitor, regularization.early_stopping, progress["best_epoch"])
+                break
 
         best_path = checkpoints / checkpoint.BEST
         if best_path.exists():  # test once, on the best epoch's weights
@@ -138,6 +153,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
         "monitor": monitor,
         "best_epoch": progress["best_epoch"],
         "best_value": progress["best_value"],
+        "stopped_early": progress["stopped_early"],  # the epoch early stopping ended the run, or null
         "final": history,
         "test": test_metrics,
         "duration_s": time.perf_counter() - started,
@@ -152,9 +168,12 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
 
 
 def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: torch.optim.Optimizer,
-                    scheduler: Optional[Scheduler], grad_clip: Optional[float], epoch: int,
-                    epochs: int) -> dict[str, float]:
+                    scheduler: Optional[Scheduler], grad_clip: Optional[float],
+                    penalty: Optional[Callable[[], torch.Tensor]], epoch: int, epochs: int) -> dict[str, float]:
     """forward, loss, backward, step for every batch; read the device-side sums once at the end.
+
+    `penalty` (the L1 term) is added to the loss that is minimised; the reported loss is the
+    task's own, so runs with and without it compare directly.
 
     A non-finite loss is noticed here, after the epoch, without a host sync per step; it
     raises TrainingDiverged before the caller can checkpoint the poisoned weights.
@@ -167,14 +186,15 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
     for step, (inputs, targets) in enumerate(logs.with_progress(loader, len(loader), f"epoch {epoch}/{epochs}")):
         outputs = task.forward(model, inputs)
         loss = task.loss(outputs, targets)
+        objective = loss if penalty is None else loss + penalty()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         if grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         if scheduler is not None and scheduler.interval == "step":
             scheduler.step()
-        step_losses[step] = loss.detach()
+        step_losses[step] = objective.detach()
         batch = task.batch_stats(outputs.detach(), targets, loss.detach())
         sums = batch if sums is None else sums + batch
     bad_steps = (~torch.isfinite(step_losses)).nonzero()
@@ -236,6 +256,11 @@ def _restore(source: Path, model: nn.Module, optimizer: torch.optim.Optimizer, s
         shutil.copy2(best, checkpoints / checkpoint.BEST)
     return {"epoch": state["epoch"], "best_value": state["best"]["value"], "best_epoch": state["best"]["epoch"],
             "resumed_from": str(source)}
+
+
+def _patience_ran_out(epoch: int, best_epoch: Optional[int], patience: int) -> bool:
+    """Early stopping: `patience` epochs (0 = never stop) have passed since the best one."""
+    return patience > 0 and epoch - (best_epoch or 0) >= patience
 
 
 def _is_better(value: float, best: Optional[float], mode: str) -> bool:

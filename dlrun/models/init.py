@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-INIT_SCHEMES = ("default", "xavier", "kaiming", "normal")
+INIT_SCHEMES = ("default", "xavier", "kaiming", "normal", "standard_normal")
 
 
 def initialize(model: nn.Module, scheme: str) -> None:
@@ -19,7 +19,9 @@ def initialize(model: nn.Module, scheme: str) -> None:
                 nn.init.xavier_uniform_(module.weight)
             elif scheme == "kaiming":
                 nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")
-            else:  # d2l's softmax/MLP from scratch: N(0, 0.01^2)
+            elif scheme == "normal":  # d2l's softmax/MLP from scratch: N(0, 0.01^2)
                 nn.init.normal_(module.weight, std=0.01)
+            else:  # d2l 3.7's weight-decay demo starts from N(0, 1) so that overfitting shows
+                nn.init.normal_(module.weight, std=1.0)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

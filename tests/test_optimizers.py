@@ -1,0 +1,74 @@
+"""Every optimizer preset builds and steps every model; weight decay goes to the right parameters."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from conftest import compose_config
+from dlrun.models import build_model
+from dlrun.optim import build_optimizer, parameter_groups
+from dlrun.schema import validate
+
+CONF = Path(__file__).parents[1] / "conf"
+OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+@lru_cache(maxsize=None)
+def config_with_model(model_name: str) -> DictConfig:
+    """Composed once per model (composition is the slow part); the optimizer is swapped in per test."""
+    return validate(compose_config(f"model={model_name}", "regularization=l2"))
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("optimizer_name", OPTIMIZERS)
+def test_every_optimizer_steps_every_model(optimizer_name, model_name):
+    cfg = config_with_model(model_name).copy()
+    cfg.optimizer = OmegaConf.load(CONF / "optimizer" / f"{optimizer_name}.yaml")
+    model = build_model(cfg.model)
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
+    before = [p.detach().clone() for p in model.parameters()]
+    inputs = torch.rand(2, *cfg.dataset.input_shape)
+    loss = torch.nn.functional.cross_entropy(model(inputs), torch.tensor([0, 1]))
+    loss.backward()
+    optimizer.step()
+    assert optimizer.param_groups[0]["lr"] == cfg.optimizer.lr
+    assert optimizer.param_groups[0]["weight_decay"] == 5e-4  # regularization=l2 reached the optimizer
+    changed = [not torch.equal(b, p) for b, p in zip(before, model.parameters())]
+    assert all(changed), f"{sum(not c for c in changed)} parameters did not move"
+    for parameter in model.parameters():
+        assert torch.isfinite(parameter).all()
+    if "fused" in cfg.optimizer:  # CPU parameters: the fused kernel is not chosen
+        assert optimizer.defaults["fused"] is False
+
+
+@pytest.mark.parametrize("decay_bias_and_norm", [False, True])
+def test_no_one_dimensional_parameter_is_decayed_unless_asked(decay_bias_and_norm):
+    cfg = validate(compose_config("model=lenet", "model.batch_norm=true", "regularization.weight_decay=0.1",
+                                  f"regularization.decay_bias_and_norm={decay_bias_and_norm}"))
+    model = build_model(cfg.model)
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
+    decayed = [p for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]]
+    exempt = [p for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]]
+    assert len(decayed) + len(exempt) == len(list(model.parameters()))
+    one_dimensional = [p for p in model.parameters() if p.dim() == 1]
+    assert len(one_dimensional) >= 4  # biases and batch-norm scales/shifts
+    if decay_bias_and_norm:
+        assert exempt == [] and len(decayed) == len(list(model.parameters()))
+    else:
+        assert all(p.dim() > 1 for p in decayed) and {id(p) for p in exempt} == {id(p) for p in one_dimensional}
+
+
+def test_no_weight_decay_is_a_single_group():
+    model = torch.nn.Linear(3, 2)
+    assert [g["weight_decay"] for g in parameter_groups(model, 0.0, decay_bias_and_norm=False)] == [0.0]
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_preset_validates_and_shares_optimizer_lr(name):
+    assert validate(compose_config(f"optimizer={name}", "optimizer.lr=0.123")).optimizer.lr == 0.123
