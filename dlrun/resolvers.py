@@ -5,6 +5,7 @@ They are registered on import of `dlrun`, so both the CLI and Hydra's compose AP
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from omegaconf import OmegaConf
@@ -21,12 +22,29 @@ def suffix(name: str | None) -> str:
     return f"_{safe_name(name)}" if name else ""
 
 
+def either(preferred: str | None, fallback: str) -> str:
+    """`preferred` when it is set, else `fallback` (e.g. `sweep.resume` or a new sweep directory)."""
+    return str(preferred) if preferred not in (None, "") else fallback
+
+
+MAX_NAME = 150  # well under the 255-byte file-name limit, with room for the job number
+
+
 def safe_name(text: str | None) -> str:
-    """A file-system-safe version of an override string such as `optimizer=adam,seed=1`."""
-    text = (text or "").replace("/", "-")
-    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)[:200]
+    """A file-system-safe version of an override string such as `optimizer=adam,seed=1`.
+
+    `/` (as in `+experiment=d2l/lenet`) becomes `-`; other unusual characters become `_`.
+    A name longer than MAX_NAME keeps its start and ends with a hash of the whole text,
+    so two long sweeps' names stay distinct.
+    """
+    text = text or ""
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", text.replace("/", "-"))
+    if len(name) > MAX_NAME:
+        name = f"{name[:MAX_NAME - 9]}~{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return name
 
 
 OmegaConf.register_new_resolver("dlrun.image_shape", image_shape, replace=True)
 OmegaConf.register_new_resolver("dlrun.suffix", suffix, replace=True)
+OmegaConf.register_new_resolver("dlrun.either", either, replace=True)
 OmegaConf.register_new_resolver("dlrun.safe_name", safe_name, replace=True)
