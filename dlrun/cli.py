@@ -69,8 +69,9 @@ def main() -> None:
 
 def exit_code(error: Exception) -> int:
     """2 for bad input (config, checkpoint, data files), 3 for divergence, 1 for anything else."""
-    if isinstance(error, DlrunError):
-        return error.exit_code
+    dlrun_error = _find(error, DlrunError)  # also when raised inside a resolver or a Hydra plugin
+    if dlrun_error is not None:
+        return dlrun_error.exit_code
     if isinstance(error, (HydraException, OmegaConfBaseException)):
         return 2
     return 1
@@ -78,8 +79,9 @@ def exit_code(error: Exception) -> int:
 
 def describe_error(error: BaseException) -> str:
     """One line: what was wrong and, where known, the valid choices."""
-    if isinstance(error, DlrunError):
-        return str(error)
+    dlrun_error = _find(error, DlrunError)
+    if dlrun_error is not None:
+        return str(dlrun_error)
     missing = _find(error, MissingConfigException)
     if missing is not None and missing.options is not None and missing.missing_cfg_file:
         group, _, option = str(missing.missing_cfg_file).rpartition("/")

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from dlrun.errors import ConfigError
 
 
 def image_shape(channels: int, stored_size: int, resize: int | None) -> list[int]:
@@ -22,9 +25,13 @@ def suffix(name: str | None) -> str:
     return f"_{safe_name(name)}" if name else ""
 
 
-def either(preferred: str | None, fallback: str) -> str:
-    """`preferred` when it is set, else `fallback` (e.g. `sweep.resume` or a new sweep directory)."""
-    return str(preferred) if preferred not in (None, "") else fallback
+def sweep_dir(resume: str | None, new_dir: str) -> str:
+    """The multirun directory: `sweep.resume` when set (it must be an earlier sweep's), else `new_dir`."""
+    if resume in (None, ""):
+        return new_dir
+    if not (Path(resume) / "multirun.yaml").is_file():
+        raise ConfigError(f"sweep.resume={resume} is not a sweep directory (no multirun.yaml in it)")
+    return str(resume)
 
 
 MAX_NAME = 150  # well under the 255-byte file-name limit, with room for the job number
@@ -46,5 +53,5 @@ def safe_name(text: str | None) -> str:
 
 OmegaConf.register_new_resolver("dlrun.image_shape", image_shape, replace=True)
 OmegaConf.register_new_resolver("dlrun.suffix", suffix, replace=True)
-OmegaConf.register_new_resolver("dlrun.either", either, replace=True)
+OmegaConf.register_new_resolver("dlrun.sweep_dir", sweep_dir, replace=True)
 OmegaConf.register_new_resolver("dlrun.safe_name", safe_name, replace=True)

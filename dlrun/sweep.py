@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from dlrun.errors import ConfigError
 from dlrun.rundir import STATUS_FILE, SUMMARY_FILE, read_json, write_json
 
 SUMMARY_CSV = "summary.csv"
@@ -192,9 +191,6 @@ class Leaderboard(Callback):
     """Hydra callback: shares the machine among parallel jobs at the start, writes the leaderboard at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        resume = config.get("sweep", {}).get("resume")
-        if resume and not (Path(resume) / "multirun.yaml").is_file():
-            raise ConfigError(f"sweep.resume={resume} is not a sweep directory (no multirun.yaml in it)")
         parallel = parallel_jobs_of(config.hydra)
         if parallel > 1:  # inherited by the job processes that joblib and submitit start from here
             os.environ[PARALLEL_JOBS_ENV] = str(parallel)
