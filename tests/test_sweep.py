@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
@@ -180,3 +181,15 @@ def test_submitit_local_launcher_completes_a_two_job_sweep_sharing_the_cores(tmp
     assert summary["completed"] == 2
     assert [cpu_threads_in_log(d) for d in job_dirs(sweep_dir)] == [max(1, CORES // 2)] * 2  # 2 jobs at once
 
+
+
+def test_optuna_sweeper_searches_on_the_validation_metric(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="optional extra: pip install 'dlrun[optuna]'")
+    result = run_cli("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.direction=maximize",
+                     "optimizer.lr=interval(0.001,0.1)", SMOKE, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sweep_dir = sweep_dir_under(tmp_path)
+    jobs = read_json(sweep_dir / "summary.json")["jobs"]
+    assert len(jobs) == 2 and all(job["status"] == "completed" for job in jobs)
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(max(job["best_value"] for job in jobs))  # what each job returned
