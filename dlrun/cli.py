@@ -3,6 +3,10 @@
 Hydra normally prints its own multi-line report and exits 1. dlrun asks Hydra to raise
 instead (HYDRA_FULL_ERROR) and reports the error itself, unless the user set
 HYDRA_FULL_ERROR=1 to see the full traceback.
+
+In a multirun the jobs may run in other processes (joblib, submitit), so their outcome is
+read back from their run directories by the sweep's leaderboard (dlrun.sweep), and the exit
+code is non-zero when any job did not complete.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from dlrun import sweep
 from dlrun.errors import DlrunError
 from dlrun.schema import describe_omegaconf_error
 
@@ -25,13 +30,16 @@ failures: list[Exception] = []
 
 
 @hydra.main(version_base="1.3", config_path="pkg://dlrun.conf", config_name="config")
-def hydra_app(cfg: DictConfig) -> None:
+def hydra_app(cfg: DictConfig) -> float:
+    """Run one job; return its best validation value (what `hydra/sweeper=optuna` optimizes), NaN if it failed."""
     from dlrun.train import run  # imported here so `--help` and shell completion stay quick
 
     try:
-        run(cfg)
+        best = run(cfg)["best_value"]
     except Exception as error:  # recorded in the run's status.json by run()
         failures.append(error)
+        return float("nan")
+    return float("nan") if best is None else float(best)
 
 
 def main() -> None:
@@ -44,10 +52,16 @@ def main() -> None:
         sys.exit(130)
     except Exception as error:  # composition errors: bad override, unknown option
         failures.append(error)
+    if failures and wants_traceback:
+        raise failures[0]
+    if sweep.finished:  # a multirun: the job directories say which jobs failed, whatever ran them
+        for job in sweep.finished[-1].failed:
+            print(f"dlrun: error: job {job.name}: {job.status}: {job.error}", file=sys.stderr)
+        if sweep.finished[-1].exit_code:
+            sys.exit(sweep.finished[-1].exit_code)
+        return
     if not failures:
         return
-    if wants_traceback:
-        raise failures[0]
     for error in failures:
         print(f"dlrun: error: {describe_error(error)}", file=sys.stderr)
     sys.exit(exit_code(failures[0]))
@@ -55,8 +69,9 @@ def main() -> None:
 
 def exit_code(error: Exception) -> int:
     """2 for bad input (config, checkpoint, data files), 3 for divergence, 1 for anything else."""
-    if isinstance(error, DlrunError):
-        return error.exit_code
+    dlrun_error = _find(error, DlrunError)  # also when raised inside a resolver or a Hydra plugin
+    if dlrun_error is not None:
+        return dlrun_error.exit_code
     if isinstance(error, (HydraException, OmegaConfBaseException)):
         return 2
     return 1
@@ -64,8 +79,9 @@ def exit_code(error: Exception) -> int:
 
 def describe_error(error: BaseException) -> str:
     """One line: what was wrong and, where known, the valid choices."""
-    if isinstance(error, DlrunError):
-        return str(error)
+    dlrun_error = _find(error, DlrunError)
+    if dlrun_error is not None:
+        return str(dlrun_error)
     missing = _find(error, MissingConfigException)
     if missing is not None and missing.options is not None and missing.missing_cfg_file:
         group, _, option = str(missing.missing_cfg_file).rpartition("/")

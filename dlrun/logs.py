@@ -19,10 +19,15 @@ T = TypeVar("T")
 
 
 class MetricsLog:
-    """One run's scalars: TensorBoard event files under tb/ and one JSON line per epoch."""
+    """One run's scalars: TensorBoard event files under tb/ and one JSON line per epoch.
 
-    def __init__(self, run_dir: Path) -> None:
+    The event file also carries a custom-scalars layout that draws `train/<m>` and `val/<m>`
+    on one chart for each of `overlay` (e.g. loss and acc): over- and under-fitting at a glance.
+    """
+
+    def __init__(self, run_dir: Path, overlay: Iterable[str] = ("loss",)) -> None:
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+        self.writer.add_custom_scalars(overlay_layout(overlay))
         self.jsonl = open(Path(run_dir) / "metrics.jsonl", "a")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -47,6 +52,12 @@ class MetricsLog:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def overlay_layout(metrics: Iterable[str]) -> dict[str, dict[str, list]]:
+    """TensorBoard custom-scalars layout: one chart per metric with its train and val curves."""
+    charts = {metric: ["Multiline", [f"^train/{metric}$", f"^val/{metric}$"]] for metric in metrics}
+    return {"train vs val": charts}
 
 
 def with_progress(batches: Iterable[T], total: int, description: str) -> Iterator[T]:

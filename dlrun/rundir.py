@@ -6,13 +6,13 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 import dlrun
@@ -20,7 +20,9 @@ import dlrun
 STATUS_FILE = "status.json"
 SUMMARY_FILE = "summary.json"
 # Keys that may change between a run and its continuation without making it another experiment.
-RESUME_INSENSITIVE_KEYS = ("trainer.resume", "trainer.epochs", "output_root", "name")
+RESUME_INSENSITIVE_KEYS = ("trainer.resume", "trainer.epochs", "output_root", "name", "sweep.resume")
+# What a run writes while training; cleared before a sweep job is run again in the same directory.
+TRAINING_OUTPUTS = ("tb", "checkpoints", "metrics.jsonl", SUMMARY_FILE, "model_summary.txt")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -60,8 +62,31 @@ class RunStatus:
                                **self.fields})
 
 
+def completed_result(run_dir: Path, fingerprint: str, epochs: int) -> Optional[dict[str, Any]]:
+    """summary.json of `run_dir` if it completed `epochs` epochs of this config, else None."""
+    try:
+        status = read_json(Path(run_dir) / STATUS_FILE)
+        summary = read_json(Path(run_dir) / SUMMARY_FILE)
+    except (OSError, ValueError):
+        return None
+    same = status.get("status") == "completed" and status.get("config_fingerprint") == fingerprint
+    return summary if same and summary.get("epochs_completed") == epochs else None
+
+
+def clear_training_outputs(run_dir: Path) -> None:
+    """Remove an earlier attempt's event files, checkpoints and metrics, so a rerun starts clean."""
+    for name in TRAINING_OUTPUTS:
+        path = Path(run_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def environment() -> dict[str, Any]:
     """Versions and the git commit: enough to rerun the experiment later."""
+    import torch  # here, so that reading run directories (dlrun-report) does not load torch
+
     return {
         "dlrun": dlrun.__version__,
         "torch": torch.__version__,

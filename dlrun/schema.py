@@ -70,6 +70,11 @@ class DebugConfig:
 
 
 @dataclass
+class SweepConfig:
+    resume: Optional[str] = None
+
+
+@dataclass
 class Config:
     seed: int = 0
     name: Optional[str] = None
@@ -82,6 +87,7 @@ class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 # Keys a group option may carry besides its target's arguments: dlrun reads them itself.

@@ -17,10 +17,11 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from dlrun import checkpoint, logs
+from dlrun import checkpoint, hparams, logs
 from dlrun.data import Loader, build_data
 from dlrun.device import configure_threads, select_device
 from dlrun.errors import ConfigError, TrainingDiverged
@@ -28,8 +29,8 @@ from dlrun.kfold import train_folds
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
 from dlrun.optim import build_optimizer, l1_penalty, regularized_parameters
-from dlrun.rundir import (SUMMARY_FILE, RunStatus, config_fingerprint, environment, find_latest_run,
-                          write_json)
+from dlrun.rundir import (SUMMARY_FILE, RunStatus, clear_training_outputs, completed_result, config_fingerprint,
+                          environment, find_latest_run, write_json)
 from dlrun.schedulers import Scheduler, build_scheduler
 from dlrun.schema import validate
 from dlrun.tasks import Task, build_task
@@ -48,10 +49,16 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         cfg = validate(cfg)
     except ConfigError as error:
         if run_dir.exists():  # Hydra made it already: say there why nothing ran
-            RunStatus(run_dir, fingerprint=None).write("failed", error=str(error))
+            RunStatus(run_dir, fingerprint=None).write("failed", error=str(error), exit_code=error.exit_code)
         raise
     run_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = config_fingerprint(cfg)
+    if cfg.sweep.resume:  # finishing a sweep: this job's directory may hold its result already
+        done = completed_result(run_dir, fingerprint, planned_epochs(cfg))
+        if done is not None:
+            log.info("skipped: %s already completed this config (sweep.resume)", run_dir)
+            return done
+        clear_training_outputs(run_dir)
     status = RunStatus(run_dir, fingerprint)
     status.write("running")
     try:
@@ -60,13 +67,14 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         else:
             summary = train(cfg, run_dir, fingerprint)
     except TrainingDiverged as error:
-        status.write("diverged", error=str(error))
+        status.write("diverged", error=str(error), exit_code=error.exit_code)
         raise
     except KeyboardInterrupt:
-        status.write("interrupted", error="interrupted (KeyboardInterrupt); last.pt holds the last full epoch")
+        status.write("interrupted", error="interrupted (KeyboardInterrupt); last.pt holds the last full epoch",
+                     exit_code=130)
         raise
     except BaseException as error:
-        status.write("failed", error=f"{type(error).__name__}: {error}")
+        status.write("failed", error=f"{type(error).__name__}: {error}", exit_code=getattr(error, "exit_code", 1))
         raise
     status.write("completed")
     return summary
@@ -75,7 +83,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
 def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] = None) -> dict[str, Any]:
     """One training run; with `fold`, validation is that fold of trainer.kfold (see dlrun.kfold)."""
     started = time.perf_counter()
-    device = select_device(cfg.device.type)
+    device = select_device(cfg.device.type, job_num=HydraConfig.get().job.num if _in_multirun() else 0)
     configure_threads(cfg.device.num_threads)
     seed_everything(cfg.seed)
     shuffle_generator = torch.Generator().manual_seed(cfg.seed)
@@ -84,7 +92,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
     regularization = cfg.regularization
     task = build_task(cfg, data)
     model = build_model(cfg.model, regularization.dropout).to(device)
-    epochs = min(cfg.trainer.epochs, cfg.debug.max_epochs or cfg.trainer.epochs)
+    epochs = planned_epochs(cfg)
     monitor = f"val/{task.metric}"
     optimizer = build_optimizer(cfg.optimizer, model, regularization)
     scheduler = build_scheduler(cfg.scheduler, optimizer, epochs, len(data.train), monitor, task.mode)
@@ -107,10 +115,11 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
     # here (an exact resume depends on the RNG streams being untouched).
     summary = summarize(model, data.test.example_input())
     _save_model_summary(run_dir, summary)
-    logs.show_start(_group_choices(), _overrides(), str(device), summary.table())
+    device_line = f"{device}, {torch.get_num_threads()} CPU threads"
+    logs.show_start(hparams.group_choices(), hparams.overrides(), device_line, summary.table())
 
     history: dict[str, float] = {}
-    with logs.MetricsLog(run_dir) as metrics_log:
+    with logs.MetricsLog(run_dir, overlay=("loss", task.metric)) as metrics_log:
         for epoch in range(progress["epoch"] + 1, epochs + 1):
             epoch_started = time.perf_counter()
             train_metrics = train_one_epoch(model, data.train, task, optimizer, scheduler, grad_clip, penalty,
@@ -145,18 +154,24 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
         if best_path.exists():  # test once, on the best epoch's weights
             model.load_state_dict(checkpoint.load_checkpoint(best_path, map_location=device)["model"])
         test_metrics = _prefixed("test", evaluate(model, data.test, task))
-        metrics_log.write(progress["epoch"], test_metrics)
+        duration = time.perf_counter() - started
+        # The run's results, logged as scalars so the HPARAMS tab can show them next to the hparams.
+        results = {**test_metrics, f"val/best_{task.metric}": _or_nan(progress["best_value"]),
+                   "run/epochs": progress["epoch"], "run/duration_s": duration}
+        metrics_log.write(progress["epoch"], results)
+        hparams.write_hparams(metrics_log.writer, hparams.run_hparams(cfg), results)
 
     summary_data = {
         "status": "completed",
         "epochs_completed": progress["epoch"],
         "monitor": monitor,
+        "mode": task.mode,
         "best_epoch": progress["best_epoch"],
         "best_value": progress["best_value"],
         "stopped_early": progress["stopped_early"],  # the epoch early stopping ended the run, or null
         "final": history,
         "test": test_metrics,
-        "duration_s": time.perf_counter() - started,
+        "duration_s": duration,
         "device": str(device),
         "model": {"params": summary.total_params, "flops_per_example": summary.flops},
         "resumed_from": progress["resumed_from"],
@@ -215,6 +230,11 @@ def evaluate(model: nn.Module, loader: Loader, task: Task) -> dict[str, float]:
         batch = task.batch_stats(outputs, targets, task.loss(outputs, targets))
         sums = batch if sums is None else sums + batch
     return task.metrics(sums.tolist())
+
+
+def planned_epochs(cfg: DictConfig) -> int:
+    """trainer.epochs, capped by debug.max_epochs."""
+    return min(cfg.trainer.epochs, cfg.debug.max_epochs or cfg.trainer.epochs)
 
 
 def seed_everything(seed: int) -> None:
@@ -294,12 +314,9 @@ def _default_run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.get("output_root", "outputs")) / time.strftime("%Y-%m-%d/%H-%M-%S")
 
 
-def _group_choices() -> dict[str, str]:
-    if not HydraConfig.initialized():
-        return {}
-    choices = HydraConfig.get().runtime.choices  # Hydra lists them last-composed first
-    return {group: str(option) for group, option in reversed(choices.items()) if not group.startswith("hydra/")}
+def _or_nan(value: Optional[float]) -> float:
+    return float("nan") if value is None else value
 
 
-def _overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
