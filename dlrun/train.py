@@ -21,11 +21,12 @@ from torch import nn
 
 from dlrun import checkpoint, logs
 from dlrun.data import TensorLoader, build_data
-from dlrun.device import configure_threads, select_device
+from dlrun.device import configure_backends, prepare_model, select_device
 from dlrun.errors import ConfigError, TrainingDiverged
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
 from dlrun.optim import Scheduler, build_optimizer, build_scheduler
+from dlrun.precision import Precision
 from dlrun.rundir import (SUMMARY_FILE, RunStatus, config_fingerprint, environment, find_latest_run,
                           write_json)
 from dlrun.schema import validate
@@ -69,13 +70,15 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
 def train(cfg: DictConfig, run_dir: Path, fingerprint: str) -> dict[str, Any]:
     started = time.perf_counter()
     device = select_device(cfg.device.type)
-    configure_threads(cfg.device.num_threads)
+    configure_backends(cfg.device)
+    precision = Precision(cfg.device.amp, device)
     seed_everything(cfg.seed)
     shuffle_generator = torch.Generator().manual_seed(cfg.seed)
 
     data = build_data(cfg, device, shuffle_generator)
     task = build_task(data.task)
     model = build_model(cfg.model, cfg.regularization.dropout).to(device)
+    net = prepare_model(model, cfg.device)  # what runs forward; `model` holds the weights we save
     optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
     scheduler = build_scheduler(cfg.scheduler, optimizer)
     monitor = f"val/{task.metric}"
@@ -87,7 +90,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str) -> dict[str, Any]:
     if cfg.trainer.resume:
         latest = find_latest_run(Path(cfg.output_root), fingerprint, exclude=run_dir)
         source = checkpoint.resolve_resume_path(str(cfg.trainer.resume), latest)
-        progress.update(_restore(source, model, optimizer, scheduler, shuffle_generator, checkpoints))
+        progress.update(_restore(source, model, optimizer, scheduler, precision, shuffle_generator, checkpoints))
         log.info("resuming from %s after epoch %d", source, progress["epoch"])
 
     summary = summarize(model, _example_input(data.train))
@@ -99,8 +102,9 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str) -> dict[str, Any]:
     with logs.MetricsLog(run_dir) as metrics_log:
         for epoch in range(progress["epoch"] + 1, epochs + 1):
             epoch_started = time.perf_counter()
-            train_metrics = train_one_epoch(model, data.train, task, optimizer, scheduler, grad_clip, epoch, epochs)
-            val_metrics = evaluate(model, data.val, task)
+            train_metrics = train_one_epoch(net, data.train, task, optimizer, scheduler, precision, grad_clip,
+                                            epoch, epochs)
+            val_metrics = evaluate(net, data.val, task, precision)
             seconds = time.perf_counter() - epoch_started
             history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
                        "lr": optimizer.param_groups[0]["lr"],
@@ -114,7 +118,8 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str) -> dict[str, Any]:
             if improved:
                 progress.update(best_value=history[monitor], best_epoch=epoch)
             progress["epoch"] = epoch
-            state = _checkpoint_state(cfg, model, optimizer, scheduler, shuffle_generator, progress, monitor)
+            state = _checkpoint_state(cfg, model, optimizer, scheduler, precision, shuffle_generator, progress,
+                                      monitor)
             checkpoint.save_checkpoint(checkpoints / checkpoint.LAST, state)
             if improved:
                 checkpoint.save_checkpoint(checkpoints / checkpoint.BEST, state)
@@ -122,7 +127,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str) -> dict[str, Any]:
         best_path = checkpoints / checkpoint.BEST
         if best_path.exists():  # test once, on the best epoch's weights
             model.load_state_dict(checkpoint.load_checkpoint(best_path, map_location=device)["model"])
-        test_metrics = _prefixed("test", evaluate(model, data.test, task))
+        test_metrics = _prefixed("test", evaluate(net, data.test, task, precision))
         metrics_log.write(progress["epoch"], test_metrics)
 
     summary_data = {
@@ -145,8 +150,8 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str) -> dict[str, Any]:
 
 
 def train_one_epoch(model: nn.Module, loader: TensorLoader, task: Any, optimizer: torch.optim.Optimizer,
-                    scheduler: Optional[Scheduler], grad_clip: Optional[float], epoch: int,
-                    epochs: int) -> dict[str, float]:
+                    scheduler: Optional[Scheduler], precision: Precision, grad_clip: Optional[float],
+                    epoch: int, epochs: int) -> dict[str, float]:
     """forward, loss, backward, step for every batch; read the device-side sums once at the end.
 
     A non-finite loss is noticed here, after the epoch, without a host sync per step; it
@@ -157,13 +162,12 @@ def train_one_epoch(model: nn.Module, loader: TensorLoader, task: Any, optimizer
     sums = None
     step_losses = torch.empty(len(loader), device=device)
     for step, (inputs, targets) in enumerate(logs.with_progress(loader, len(loader), f"epoch {epoch}/{epochs}")):
-        outputs = task.forward(model, inputs)
-        loss = task.loss(outputs, targets)
+        with precision.autocast():
+            outputs = task.forward(model, inputs)
+            loss = task.loss(outputs, targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        precision.backward(loss)
+        precision.step(optimizer, model.parameters(), grad_clip)
         if scheduler is not None and scheduler.interval == "step":
             scheduler.step()
         step_losses[step] = loss.detach()
@@ -178,12 +182,14 @@ def train_one_epoch(model: nn.Module, loader: TensorLoader, task: Any, optimizer
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: TensorLoader, task: Any) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: TensorLoader, task: Any, precision: Precision) -> dict[str, float]:
     model.eval()
     sums = None
     for inputs, targets in loader:
-        outputs = task.forward(model, inputs)
-        batch = task.batch_stats(outputs, targets, task.loss(outputs, targets))
+        with precision.autocast():
+            outputs = task.forward(model, inputs)
+            loss = task.loss(outputs, targets)
+        batch = task.batch_stats(outputs, targets, loss)
         sums = batch if sums is None else sums + batch
     return task.metrics(sums.tolist())
 
@@ -195,12 +201,13 @@ def seed_everything(seed: int) -> None:
 
 
 def _checkpoint_state(cfg: DictConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-                      scheduler: Optional[Scheduler], shuffle_generator: torch.Generator,
+                      scheduler: Optional[Scheduler], precision: Precision, shuffle_generator: torch.Generator,
                       progress: dict[str, Any], monitor: str) -> dict[str, Any]:
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "grad_scaler": precision.state_dict(),
         "epoch": progress["epoch"],
         "best": {"metric": monitor, "value": progress["best_value"], "epoch": progress["best_epoch"]},
         "rng": checkpoint.rng_states(shuffle_generator),
@@ -209,7 +216,7 @@ def _checkpoint_state(cfg: DictConfig, model: nn.Module, optimizer: torch.optim.
 
 
 def _restore(source: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Optional[Scheduler],
-             shuffle_generator: torch.Generator, checkpoints: Path) -> dict[str, Any]:
+             precision: Precision, shuffle_generator: torch.Generator, checkpoints: Path) -> dict[str, Any]:
     """Load `source` into the live objects; carry the source run's best.pt over for the final test."""
     state = checkpoint.load_checkpoint(source)
     try:
@@ -217,6 +224,7 @@ def _restore(source: Path, model: nn.Module, optimizer: torch.optim.Optimizer, s
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
+        precision.load_state_dict(state.get("grad_scaler"))
     except (RuntimeError, ValueError, KeyError) as error:
         raise checkpoint.CheckpointError(
             f"checkpoint {source} does not fit this model/optimizer: {str(error).splitlines()[0]}") from None

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from dlrun.data.loader import BatchTransform, TensorLoader
+from dlrun.data.loader import BatchTransform, TensorLoader, compose
 from dlrun.data.splits import DataSplits, TensorSplit, split_off
+from dlrun.device import channels_last_transform
 from dlrun.schema import instantiate_group
 
 
@@ -46,7 +47,8 @@ def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.G
     parts = {name: part.to(device) for name, part in parts.items()}
 
     limit = _smallest(cfg.trainer.limit_batches, cfg.debug.limit_batches)
-    transform = _resize_transform(list(dataset.input_shape), parts["train"].inputs)
+    transform = compose(_resize_transform(list(dataset.input_shape), parts["train"].inputs),
+                        channels_last_transform(cfg.device.channels_last))
     batch_size = cfg.trainer.batch_size
 
     def loader(part: TensorSplit, shuffle: bool) -> TensorLoader:

@@ -63,3 +63,19 @@ class TensorLoader:
     def num_examples(self) -> int:
         """Examples one full pass yields (fewer than the split when limit_batches cuts it)."""
         return min(len(self.split), len(self) * self.batch_size)
+
+
+def compose(*transforms: Optional[BatchTransform]) -> Optional[BatchTransform]:
+    """Chain batch transforms left to right, skipping None; None when there are none."""
+    chain = [transform for transform in transforms if transform is not None]
+    if not chain:
+        return None
+    if len(chain) == 1:
+        return chain[0]
+
+    def composed(batch: torch.Tensor) -> torch.Tensor:
+        for transform in chain:
+            batch = transform(batch)
+        return batch
+
+    return composed
