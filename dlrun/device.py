@@ -1,4 +1,4 @@
-"""Choosing the training device and CPU threads, also for jobs that share a machine.
+"""The training device and how PyTorch uses it: threads, cuDNN, determinism, memory format, compile.
 
 When a sweep runs jobs in parallel on one machine (joblib, submitit_local), the sweep's
 main process puts the number of jobs running at once in the environment variable
@@ -8,13 +8,18 @@ on a host with several GPUs, a GPU chosen by its job number.
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
+from omegaconf import DictConfig
+from torch import nn
 
 from dlrun.errors import ConfigError
 from dlrun.sweep import PARALLEL_JOBS_ENV
+
+log = logging.getLogger("dlrun")
 
 
 def parallel_jobs() -> int:
@@ -55,8 +60,38 @@ def select_device(kind: str, job_num: int = 0) -> torch.device:
     return torch.device("cuda", index)
 
 
-def configure_threads(num_threads: Optional[int]) -> None:
-    """Set intra-op CPU threads: as asked, or this job's share of the cores in a parallel sweep."""
-    threads = threads_per_job(num_threads, available_cores(), parallel_jobs())
+def configure_backends(device_cfg: DictConfig) -> None:
+    """Process-wide settings; call before the first CUDA operation (cuBLAS reads its env var once).
+
+    CPU threads: as asked, or this job's share of the cores in a parallel sweep.
+    """
+    threads = threads_per_job(device_cfg.num_threads, available_cores(), parallel_jobs())
     if threads is not None:
         torch.set_num_threads(threads)
+    torch.backends.cudnn.benchmark = bool(device_cfg.cudnn_benchmark) and not device_cfg.deterministic
+    torch.use_deterministic_algorithms(bool(device_cfg.deterministic))
+    if device_cfg.deterministic:
+        # cuBLAS is only reproducible with a fixed workspace (PyTorch's reproducibility notes).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        log.info("deterministic algorithms on (CUBLAS_WORKSPACE_CONFIG=%s, cudnn.benchmark off)",
+                 os.environ["CUBLAS_WORKSPACE_CONFIG"])
+
+
+def prepare_model(model: nn.Module, device_cfg: DictConfig) -> nn.Module:
+    """Memory format and compilation. Returns the module to call; `model` keeps the weights to save."""
+    if device_cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device_cfg.compile:
+        return torch.compile(model, mode=device_cfg.compile_mode)
+    return model
+
+
+def channels_last_transform(enabled: bool) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """Batch transform giving image batches the NHWC layout the channels_last model expects."""
+    if not enabled:
+        return None
+
+    def to_channels_last(batch: torch.Tensor) -> torch.Tensor:
+        return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
+
+    return to_channels_last

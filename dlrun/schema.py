@@ -59,6 +59,12 @@ class RegularizationConfig:
 @dataclass
 class DeviceConfig:
     type: str = "auto"
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str = "default"
+    cudnn_benchmark: bool = True
+    deterministic: bool = False
     num_threads: Optional[int] = None
 
 
@@ -108,6 +114,8 @@ RUNTIME_HINTS = {
     "optimizer.weight_decay": "set weight decay with regularization.weight_decay",
 }
 DEVICE_TYPES = ("auto", "cpu", "cuda")
+AMP_MODES = ("off", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 
@@ -301,5 +309,8 @@ def _check_ranges(c: dict[str, Any]) -> None:
     device = c["device"]
     if device["type"] not in DEVICE_TYPES:
         raise ConfigError(f"device.type={device['type']!r} is not one of: {', '.join(DEVICE_TYPES)}")
+    for key, choices in (("amp", AMP_MODES), ("compile_mode", COMPILE_MODES)):
+        if device[key] not in choices:
+            raise ConfigError(f"device.{key}={device[key]!r} is not one of: {', '.join(choices)}")
     threads = device["num_threads"]
     require(threads is None or threads >= 1, "device.num_threads", threads, "must be >= 1 or null")

@@ -23,12 +23,13 @@ from torch import nn
 
 from dlrun import checkpoint, hparams, logs
 from dlrun.data import Loader, build_data
-from dlrun.device import configure_threads, select_device
+from dlrun.device import configure_backends, prepare_model, select_device
 from dlrun.errors import ConfigError, TrainingDiverged
 from dlrun.kfold import train_folds
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
 from dlrun.optim import build_optimizer, l1_penalty, regularized_parameters
+from dlrun.precision import Precision
 from dlrun.rundir import (SUMMARY_FILE, RunStatus, clear_training_outputs, completed_result, config_fingerprint,
                           environment, find_latest_run, write_json)
 from dlrun.schedulers import Scheduler, build_scheduler
@@ -84,7 +85,8 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
     """One training run; with `fold`, validation is that fold of trainer.kfold (see dlrun.kfold)."""
     started = time.perf_counter()
     device = select_device(cfg.device.type, job_num=HydraConfig.get().job.num if _in_multirun() else 0)
-    configure_threads(cfg.device.num_threads)
+    configure_backends(cfg.device)
+    precision = Precision(cfg.device.amp, device)
     seed_everything(cfg.seed)
     shuffle_generator = torch.Generator().manual_seed(cfg.seed)
 
@@ -92,6 +94,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
     regularization = cfg.regularization
     task = build_task(cfg, data)
     model = build_model(cfg.model, regularization.dropout).to(device)
+    net = prepare_model(model, cfg.device)  # what runs forward; `model` holds the weights we save
     epochs = planned_epochs(cfg)
     monitor = f"val/{task.metric}"
     optimizer = build_optimizer(cfg.optimizer, model, regularization)
@@ -108,7 +111,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
     if cfg.trainer.resume:
         latest = find_latest_run(Path(cfg.output_root), fingerprint, exclude=run_dir)
         source = checkpoint.resolve_resume_path(str(cfg.trainer.resume), latest)
-        progress.update(_restore(source, model, optimizer, scheduler, shuffle_generator, checkpoints))
+        progress.update(_restore(source, model, optimizer, scheduler, precision, shuffle_generator, checkpoints))
         log.info("resuming from %s after epoch %d", source, progress["epoch"])
 
     # An example from the test loader: it is not augmented, so no random numbers are drawn
@@ -122,9 +125,9 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
     with logs.MetricsLog(run_dir, overlay=("loss", task.metric)) as metrics_log:
         for epoch in range(progress["epoch"] + 1, epochs + 1):
             epoch_started = time.perf_counter()
-            train_metrics = train_one_epoch(model, data.train, task, optimizer, scheduler, grad_clip, penalty,
-                                            epoch, epochs)
-            val_metrics = evaluate(model, data.val, task)
+            train_metrics = train_one_epoch(net, data.train, task, optimizer, scheduler, precision, grad_clip,
+                                            penalty, epoch, epochs)
+            val_metrics = evaluate(net, data.val, task, precision)
             seconds = time.perf_counter() - epoch_started
             history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
                        "lr": optimizer.param_groups[0]["lr"],
@@ -140,7 +143,8 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
             if improved:
                 progress.update(best_value=history[monitor], best_epoch=epoch)
             progress["epoch"] = epoch
-            state = _checkpoint_state(cfg, model, optimizer, scheduler, shuffle_generator, progress, monitor)
+            state = _checkpoint_state(cfg, model, optimizer, scheduler, precision, shuffle_generator, progress,
+                                      monitor)
             checkpoint.save_checkpoint(checkpoints / checkpoint.LAST, state)
             if improved:
                 checkpoint.save_checkpoint(checkpoints / checkpoint.BEST, state)
@@ -153,7 +157,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
         best_path = checkpoints / checkpoint.BEST
         if best_path.exists():  # test once, on the best epoch's weights
             model.load_state_dict(checkpoint.load_checkpoint(best_path, map_location=device)["model"])
-        test_metrics = _prefixed("test", evaluate(model, data.test, task))
+        test_metrics = _prefixed("test", evaluate(net, data.test, task, precision))
         duration = time.perf_counter() - started
         # The run's results, logged as scalars so the HPARAMS tab can show them next to the hparams.
         results = {**test_metrics, f"val/best_{task.metric}": _or_nan(progress["best_value"]),
@@ -183,7 +187,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
 
 
 def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: torch.optim.Optimizer,
-                    scheduler: Optional[Scheduler], grad_clip: Optional[float],
+                    scheduler: Optional[Scheduler], precision: Precision, grad_clip: Optional[float],
                     penalty: Optional[Callable[[], torch.Tensor]], epoch: int, epochs: int) -> dict[str, float]:
     """forward, loss, backward, step for every batch; read the device-side sums once at the end.
 
@@ -199,14 +203,13 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
     sums = None
     step_losses = torch.empty(len(loader), device=device)
     for step, (inputs, targets) in enumerate(logs.with_progress(loader, len(loader), f"epoch {epoch}/{epochs}")):
-        outputs = task.forward(model, inputs)
-        loss = task.loss(outputs, targets)
+        with precision.autocast():
+            outputs = task.forward(model, inputs)
+            loss = task.loss(outputs, targets)
         objective = loss if penalty is None else loss + penalty()
         optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        precision.backward(objective)
+        precision.step(optimizer, model.parameters(), grad_clip)
         if scheduler is not None and scheduler.interval == "step":
             scheduler.step()
         step_losses[step] = objective.detach()
@@ -221,13 +224,15 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Loader, task: Task) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Loader, task: Task, precision: Precision) -> dict[str, float]:
     model.eval()
     task.start_pass(training=False)
     sums = None
     for inputs, targets in loader:
-        outputs = task.forward(model, inputs)
-        batch = task.batch_stats(outputs, targets, task.loss(outputs, targets))
+        with precision.autocast():
+            outputs = task.forward(model, inputs)
+            loss = task.loss(outputs, targets)
+        batch = task.batch_stats(outputs, targets, loss)
         sums = batch if sums is None else sums + batch
     return task.metrics(sums.tolist())
 
@@ -244,12 +249,13 @@ def seed_everything(seed: int) -> None:
 
 
 def _checkpoint_state(cfg: DictConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-                      scheduler: Optional[Scheduler], shuffle_generator: torch.Generator,
+                      scheduler: Optional[Scheduler], precision: Precision, shuffle_generator: torch.Generator,
                       progress: dict[str, Any], monitor: str) -> dict[str, Any]:
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "grad_scaler": precision.state_dict(),
         "epoch": progress["epoch"],
         "best": {"metric": monitor, "value": progress["best_value"], "epoch": progress["best_epoch"]},
         "rng": checkpoint.rng_states(shuffle_generator),
@@ -258,7 +264,7 @@ def _checkpoint_state(cfg: DictConfig, model: nn.Module, optimizer: torch.optim.
 
 
 def _restore(source: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Optional[Scheduler],
-             shuffle_generator: torch.Generator, checkpoints: Path) -> dict[str, Any]:
+             precision: Precision, shuffle_generator: torch.Generator, checkpoints: Path) -> dict[str, Any]:
     """Load `source` into the live objects; carry the source run's best.pt over for the final test."""
     state = checkpoint.load_checkpoint(source)
     try:
@@ -266,6 +272,7 @@ def _restore(source: Path, model: nn.Module, optimizer: torch.optim.Optimizer, s
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
+        precision.load_state_dict(state.get("grad_scaler"))
     except (RuntimeError, ValueError, KeyError) as error:
         raise checkpoint.CheckpointError(
             f"checkpoint {source} does not fit this model/optimizer: {str(error).splitlines()[0]}") from None

@@ -19,6 +19,7 @@ from dlrun.data.files import FileLoader, FileSplit
 from dlrun.data.loader import BatchTransform, TensorLoader, compose
 from dlrun.data.splits import DataSplits, TensorSplit, fold_split, split_off
 from dlrun.data.augment import build_augment
+from dlrun.device import channels_last_transform
 from dlrun.schema import instantiate_group
 
 Loader = Union[TensorLoader, FileLoader]
@@ -62,7 +63,8 @@ def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.G
 
     limit = _smallest(cfg.trainer.limit_batches, cfg.debug.limit_batches)
     # Evaluation sees pixels as floats at the model's size; train-only augmentation goes after it.
-    eval_transform = compose(_to_float(parts["train"]), _resize_transform(list(dataset.input_shape), parts["train"]))
+    eval_transform = compose(_to_float(parts["train"]), _resize_transform(list(dataset.input_shape), parts["train"]),
+                             channels_last_transform(cfg.device.channels_last))
     # Augmentation touches the training batches only, after they have the model's input size.
     train_transform = compose(eval_transform, build_augment(cfg.regularization.augment, list(dataset.input_shape)))
     batch_size = cfg.trainer.batch_size

@@ -1,0 +1,228 @@
+"""Training throughput of dlrun's own training path against a plain PyTorch loop, in one run.
+
+The plain loop is d2l's: `DataLoader(TensorDataset(...))` over host tensors, a copy to the
+device per batch and a `.item()` per step. dlrun's path is the code `dlrun` runs: the
+device-resident `TensorLoader` and `train.train_one_epoch`. Both train the same model (same
+initial weights), on the same synthetic data, with the same optimizer and batch size.
+
+    python benchmarks/training_speed.py                       # CPU: lenet, mlp, softmax, resnet at 32 px
+    python benchmarks/training_speed.py --device cuda --amp bf16 --channels-last --save
+    python benchmarks/training_speed.py --workloads lenet --compile --compile-mode reduce-overhead
+
+Figures to reach (issue 7): CPU LeNet >= 1.0x, MLP and softmax >= 1.5x; GPU LeNet and MLP >= 3x,
+LeNet >= 500,000 examples/s on an H100-class GPU, ResNet-18 at 96 px (bf16 + channels_last)
+>= 25 % of the measured bf16 matmul peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import dlrun  # noqa: F401  (registers the config resolvers)
+from dlrun.data.loader import TensorLoader
+from dlrun.data.splits import TensorSplit
+from dlrun.device import configure_backends, prepare_model
+from dlrun.models import build_model
+from dlrun.models.summary import summarize
+from dlrun.precision import Precision
+from dlrun.schema import validate
+from dlrun.tasks import Classification
+from dlrun.train import train_one_epoch
+
+
+@dataclass
+class Workload:
+    """A model, its d2l training recipe, and the synthetic data it trains on."""
+
+    name: str
+    overrides: list[str]
+    size: int  # image side in pixels
+    batch_size: int
+    lr: float
+    examples: int  # per epoch
+    target_cpu: float | None = None  # ratio dlrun / plain loop to reach
+    target_gpu: float | None = None
+
+
+WORKLOADS = {
+    "lenet": Workload("lenet", ["model=lenet"], 28, 256, 0.9, 60_000, 1.0, 3.0),
+    "mlp": Workload("mlp", ["model=mlp"], 28, 256, 0.1, 60_000, 1.5, 3.0),
+    "softmax": Workload("softmax", ["model=softmax"], 28, 256, 0.1, 60_000, 1.5, None),
+    "resnet96": Workload("resnet96", ["model=resnet"], 96, 256, 0.05, 60_000),
+    "resnet32": Workload("resnet32", ["model=resnet"], 32, 256, 0.05, 60_000),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workloads", default=None, help="comma list; default: all on CUDA, all but resnet96 on CPU")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per loop (default: one full epoch; CPU resnet: 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per loop; the best counts")
+    parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile-mode", default="default")
+    parser.add_argument("--save", action="store_true", help="write the table under benchmarks/results/")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    default = "lenet,mlp,softmax,resnet96,resnet32" if device.type == "cuda" else "lenet,mlp,softmax,resnet32"
+    names = (args.workloads or default).split(",")
+    peak = bf16_matmul_peak(device) if device.type == "cuda" else None
+
+    table = Table(title=f"training throughput, {describe(device)}, torch {torch.__version__}")
+    for column in ("workload", "batch", "dlrun ex/s", "plain ex/s", "ratio", "target", "% bf16 peak"):
+        table.add_column(column, justify="right" if column != "workload" else "left")
+    for name in names:
+        workload = WORKLOADS[name]
+        steps = args.steps or (3 if device.type == "cpu" and name.startswith("resnet") else None)
+        row = measure(workload, device, steps, args)
+        target = workload.target_gpu if device.type == "cuda" else workload.target_cpu
+        fraction = (f"{100 * row['flops_per_s'] / peak:.1f} %" if peak else "")
+        table.add_row(name, str(workload.batch_size), f"{row['dlrun']:,.0f}", f"{row['plain']:,.0f}",
+                      f"{row['dlrun'] / row['plain']:.2f}x", f">= {target}x" if target else "", fraction)
+    console = Console(record=True)
+    console.print(table)
+    settings = f"amp={args.amp} channels_last={args.channels_last} compile={args.compile}({args.compile_mode})"
+    console.print(settings + (f"; measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s" if peak else ""))
+    if args.save:
+        save(console, device)
+
+
+def measure(workload: Workload, device: torch.device, steps: int | None, args: argparse.Namespace) -> dict:
+    """Examples/s of both loops on identical model weights, data, optimizer and batch size."""
+    cfg = composed(workload, args)
+    configure_backends(cfg.device)
+    torch.manual_seed(0)
+    images = torch.rand(workload.examples, 1, workload.size, workload.size)
+    labels = torch.randint(0, 10, (workload.examples,))
+    model = build_model(cfg.model)
+    flops = summarize(model, images[:1]).flops
+    batches = steps or -(-workload.examples // workload.batch_size)
+
+    dlrun_model = copy.deepcopy(model).to(device)
+    net = prepare_model(dlrun_model, cfg.device)
+    optimizer = torch.optim.SGD(dlrun_model.parameters(), lr=workload.lr)
+    precision = Precision(args.amp, device)
+    loader = TensorLoader(TensorSplit(images, labels).to(device), workload.batch_size, shuffle=True,
+                          generator=torch.Generator().manual_seed(0), limit_batches=batches,
+                          transform=(lambda b: b.contiguous(memory_format=torch.channels_last))
+                          if args.channels_last else None)
+    task = Classification()
+
+    def dlrun_epoch() -> None:
+        train_one_epoch(net, loader, task, optimizer, None, precision, None, None, 1, 1)
+
+    plain_model = copy.deepcopy(model).to(device)
+    if args.channels_last:
+        plain_model.to(memory_format=torch.channels_last)
+    plain_net = torch.compile(plain_model, mode=args.compile_mode) if args.compile else plain_model
+    plain_optimizer = torch.optim.SGD(plain_model.parameters(), lr=workload.lr)
+    plain_loader = DataLoader(TensorDataset(images, labels), batch_size=workload.batch_size, shuffle=True)
+
+    def plain_epoch() -> None:
+        plain_loop(plain_net, plain_loader, plain_optimizer, device, batches, args)
+
+    loops = {"plain": plain_epoch, "dlrun": dlrun_epoch}
+    for epoch in loops.values():
+        epoch()  # warm-up: allocator, cuDNN autotuning, compilation
+    # Alternate the loops and keep each one's best time, so load from other processes
+    # on a shared machine penalises neither side.
+    best = {label: float("inf") for label in loops}
+    for _ in range(args.repeats):
+        for label, epoch in loops.items():
+            best[label] = min(best[label], timed(epoch, device))
+    examples = min(batches * workload.batch_size, workload.examples)
+    results = {label: examples / seconds for label, seconds in best.items()}
+    results["flops_per_s"] = 3 * flops * results["dlrun"]  # forward + backward ~ 3x forward
+    return results
+
+
+def plain_loop(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, device: torch.device,
+               batches: int, args: argparse.Namespace) -> None:
+    """d2l's train_epoch_ch3: host batches copied per step, loss and accuracy read with .item()."""
+    loss_fn = nn.CrossEntropyLoss()
+    net.train()
+    total_loss, correct, seen = 0.0, 0.0, 0
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    for step, (x, y) in enumerate(loader):
+        if step == batches:
+            break
+        x, y = x.to(device), y.to(device)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            y_hat = net(x)
+            loss = loss_fn(y_hat, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(y)
+        correct += (y_hat.argmax(dim=1) == y).sum().item()
+        seen += len(y)
+
+
+def composed(workload: Workload, args: argparse.Namespace):
+    # The digits config only supplies shapes here: resizing it gives the model this input size.
+    overrides = [*workload.overrides, f"dataset.resize={workload.size}", f"device.type={args.device}", f"device.amp={args.amp}",
+                 f"device.channels_last={str(args.channels_last).lower()}",
+                 f"device.compile={str(args.compile).lower()}", f"device.compile_mode={args.compile_mode}"]
+    with initialize_config_module(version_base="1.3", config_module="dlrun.conf"):
+        return validate(compose(config_name="config", overrides=overrides))
+
+
+def timed(function, device: torch.device) -> float:
+    synchronize(device)
+    started = time.perf_counter()
+    function()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bf16_matmul_peak(device: torch.device, size: int = 8192, repeats: int = 20) -> float:
+    """Achieved bf16 FLOP/s of a large square matmul: the ceiling a model run is compared with."""
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    seconds = timed(lambda: [a @ b for _ in range(repeats)], device)
+    return 2 * size**3 * repeats / seconds
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def save(console: Console, device: torch.device) -> None:
+    folder = Path(__file__).parent / "results"
+    folder.mkdir(exist_ok=True)
+    name = describe(device).replace(" ", "_").replace("/", "-")
+    path = folder / f"{datetime.date.today()}_{name}_torch{torch.__version__.split('+')[0]}.txt"
+    path.write_text(console.export_text())
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Device options reach the model and the loop; invalid combinations fail with one line."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from conftest import compose_config, read_json, run_cli
+from dlrun.data import build_data
+from dlrun.device import configure_backends, prepare_model
+from dlrun.errors import ConfigError
+from dlrun.models import build_model
+from dlrun.precision import Precision
+from dlrun.schema import validate
+from dlrun.train import run
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def restore_backends():
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    benchmark, cublas = torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = benchmark
+    if cublas is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def test_channels_last_reaches_model_and_batches():
+    cfg = validate(compose_config("device=cpu", "device.channels_last=true", "debug=smoke"))
+    model = prepare_model(build_model(cfg.model), cfg.device)
+    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    data = build_data(cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    inputs, _ = next(iter(data.train))
+    assert inputs.shape[1:] == (1, 28, 28)
+    assert inputs.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bf16_autocast_on_cpu_and_a_run_completes(cfg_for, tmp_path):
+    precision = Precision("bf16", torch.device("cpu"))
+    with precision.autocast():
+        assert torch.nn.Linear(4, 2)(torch.ones(1, 4)).dtype == torch.bfloat16
+    assert precision.scaler is None
+    summary = run(cfg_for("device=cpu", "device.amp=bf16", "device.channels_last=true", "debug=smoke"),
+                  run_dir=tmp_path / "run")
+    assert read_json(tmp_path / "run" / "status.json")["status"] == "completed"
+    assert summary["test"]["test/loss"] == summary["test"]["test/loss"]  # not NaN
+
+
+def test_amp_off_is_plain_float32():
+    with Precision("off", torch.device("cpu")).autocast():
+        assert torch.nn.Linear(4, 2)(torch.ones(1, 4)).dtype == torch.float32
+
+
+def test_deterministic_and_threads_are_applied(restore_backends):
+    configure_backends(validate(compose_config("device.deterministic=true", "device.num_threads=1")).device)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert torch.backends.cudnn.benchmark is False
+    assert torch.get_num_threads() == 1
+
+
+def test_compiled_training_saves_plain_weights(cfg_for, tmp_path):
+    run(cfg_for("model=mlp", "device=cpu", "device.compile=true", "debug=smoke"), run_dir=tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert not any(key.startswith("_orig_mod.") for key in state["model"])  # loads into an eager model
+    build_model(validate(compose_config("model=mlp")).model).load_state_dict(state["model"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("device.amp=fp8", "device.amp='fp8' is not one of: off, bf16, fp16"),
+    ("device.compile_mode=fast", "device.compile_mode='fast' is not one of: default, reduce-overhead"),
+])
+def test_unknown_option_values(override, message):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(override))
+    assert message in str(error.value)
+
+
+def test_fp16_on_cpu_is_a_clear_error(tmp_path):
+    result = run_cli("device=cpu", "device.amp=fp16", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("dlrun: error: device.amp=fp16 needs a CUDA device; "
+                                     "on the CPU use device.amp=bf16 or off")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_gpu_is_a_clear_error(tmp_path):
+    result = run_cli("device=cuda", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "device=cuda but no CUDA GPU is available here" in result.stderr
+
+
+@needs_cuda
+def test_fp16_checkpoint_resumes_with_the_scaler_state(cfg_for, tmp_path):
+    common = ("device=cuda", "device.amp=fp16", "model=mlp", "trainer.limit_batches=5")
+    run(cfg_for(*common, "trainer.epochs=1"), run_dir=tmp_path / "first")
+    saved = torch.load(tmp_path / "first" / "checkpoints" / "last.pt", weights_only=True)["grad_scaler"]
+    assert saved["scale"] > 0 and saved["_growth_tracker"] >= 0
+    restored = Precision("fp16", torch.device("cuda"))
+    restored.load_state_dict(saved)
+    assert restored.state_dict() == saved
+    run(cfg_for(*common, "trainer.epochs=2", f"trainer.resume={tmp_path / 'first'}"), run_dir=tmp_path / "second")
+    assert read_json(tmp_path / "second" / "summary.json")["epochs_completed"] == 2
