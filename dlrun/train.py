@@ -96,7 +96,10 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
     model = build_model(cfg.model, regularization.dropout).to(device)
     net = prepare_model(model, cfg.device)  # what runs forward; `model` holds the weights we save
     epochs = planned_epochs(cfg)
-    monitor = f"val/{task.metric}"
+    # With no validation split (dataset.val_fraction=0, e.g. d2l's 20-example weight-decay demo)
+    # the training metric picks the best epoch and drives early stopping and plateau schedules.
+    validating = len(data.val) > 0
+    monitor = f"{'val' if validating else 'train'}/{task.metric}"
     optimizer = build_optimizer(cfg.optimizer, model, regularization)
     scheduler = build_scheduler(cfg.scheduler, optimizer, epochs, len(data.train), monitor, task.mode)
     grad_clip = task.default_grad_clip if regularization.grad_clip is None else regularization.grad_clip
@@ -127,7 +130,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
             epoch_started = time.perf_counter()
             train_metrics = train_one_epoch(net, data.train, task, optimizer, scheduler, precision, grad_clip,
                                             penalty, epoch, epochs)
-            val_metrics = evaluate(net, data.val, task, precision)
+            val_metrics = evaluate(net, data.val, task, precision) if validating else {}
             seconds = time.perf_counter() - epoch_started
             history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
                        "lr": optimizer.param_groups[0]["lr"],
@@ -160,7 +163,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
         test_metrics = _prefixed("test", evaluate(net, data.test, task, precision))
         duration = time.perf_counter() - started
         # The run's results, logged as scalars so the HPARAMS tab can show them next to the hparams.
-        results = {**test_metrics, f"val/best_{task.metric}": _or_nan(progress["best_value"]),
+        results = {**test_metrics, monitor.replace("/", "/best_"): _or_nan(progress["best_value"]),
                    "run/epochs": progress["epoch"], "run/duration_s": duration}
         metrics_log.write(progress["epoch"], results)
         hparams.write_hparams(metrics_log.writer, hparams.run_hparams(cfg), results)
