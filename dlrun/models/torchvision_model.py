@@ -64,9 +64,11 @@ def _adapt_first_conv(net: nn.Module, channels: int, keep_filters: bool) -> None
                     conv.dilation, conv.groups, conv.bias is not None)
     if keep_filters:  # keep the response to a grey image: the summed (or rescaled) RGB filters
         with torch.no_grad():
-            weight = conv.weight.sum(dim=1, keepdim=True) if channels == 1 else \
-                conv.weight.repeat(1, math.ceil(channels / conv.in_channels), 1, 1)[:, :channels] * \
-                (conv.in_channels / channels)
+            if channels == 1:
+                weight = conv.weight.sum(dim=1, keepdim=True)
+            else:
+                repeats = math.ceil(channels / conv.in_channels)
+                weight = conv.weight.repeat(1, repeats, 1, 1)[:, :channels] * (conv.in_channels / channels)
             new.weight.copy_(weight)
             if conv.bias is not None:
                 new.bias.copy_(conv.bias)
