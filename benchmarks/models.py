@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_module
 from torch.utils.data import DataLoader, TensorDataset
 
 from dlrun.data.loader import TensorLoader
@@ -30,11 +30,14 @@ from dlrun.schema import validate
 from dlrun.tasks import build_task
 from dlrun.train import train_one_epoch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-from conftest import compose_config  # noqa: E402  (Hydra's compose API, as the tests use it)
-
 MODELS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*.yaml"))
 FALLBACK_SIZE = 28
+LR = 0.01
+
+
+def config(*overrides: str):
+    with initialize_config_module(version_base="1.3", config_module="dlrun.conf"):
+        return compose(config_name="config", overrides=list(overrides))
 
 
 def plain_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader) -> float:
@@ -50,18 +53,18 @@ def plain_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader:
     return total
 
 
-def timed(fn) -> float:
+def seconds(fn) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
 
 
 def bench(name: str, batches: int, batch_size: int, warmup: int) -> dict:
-    overrides = [f"model={name}", "optimizer=sgd", "optimizer.lr=0.01"]
-    size = compose_config(f"model={name}").model.input_size
-    if size is None:
+    """Both loops on identical data and weights: warm-up batches first, then `batches` timed ones."""
+    overrides = [f"model={name}", "optimizer=sgd", f"optimizer.lr={LR}"]
+    if config(f"model={name}").model.input_size is None:
         overrides.append(f"dataset.resize={FALLBACK_SIZE}")
-    cfg = validate(compose_config(*overrides))
+    cfg = validate(config(*overrides))
     torch.manual_seed(0)
     examples = batches * batch_size
     images = torch.rand(examples, *cfg.dataset.input_shape)
@@ -71,18 +74,18 @@ def bench(name: str, batches: int, batch_size: int, warmup: int) -> dict:
     flops = summarize(model, images[:1]).flops
 
     task = build_task(cfg.dataset.task)
-    dlrun_opt = build_optimizer(cfg.optimizer, model, cfg.regularization)
-    plain_opt = torch.optim.SGD(twin.parameters(), lr=0.01)
-    generator = torch.Generator().manual_seed(0)
-    tensor_loader = TensorLoader(TensorSplit(images, labels), batch_size, shuffle=True, generator=generator)
+    dlrun_optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
+    plain_optimizer = torch.optim.SGD(twin.parameters(), lr=LR)
+    split = TensorSplit(images, labels)
+    dlrun_loader = TensorLoader(split, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
     plain_loader = DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=True)
-    warm = TensorLoader(TensorSplit(images, labels), batch_size, limit_batches=warmup)
-    train_one_epoch(model, warm, task, dlrun_opt, None, None, 0, 0)
-    plain_loop(twin, plain_opt, DataLoader(TensorDataset(images[:warmup * batch_size], labels[:warmup * batch_size]),
-                                           batch_size=batch_size))
+    warm = warmup * batch_size
+    train_one_epoch(model, TensorLoader(split.select(slice(0, warm)), batch_size), task, dlrun_optimizer,
+                    None, None, 0, 0)
+    plain_loop(twin, plain_optimizer, DataLoader(TensorDataset(images[:warm], labels[:warm]), batch_size=batch_size))
 
-    dlrun_s = timed(lambda: train_one_epoch(model, tensor_loader, task, dlrun_opt, None, None, 1, 1))
-    plain_s = timed(lambda: plain_loop(twin, plain_opt, plain_loader))
+    dlrun_s = seconds(lambda: train_one_epoch(model, dlrun_loader, task, dlrun_optimizer, None, None, 1, 1))
+    plain_s = seconds(lambda: plain_loop(twin, plain_optimizer, plain_loader))
     return {"model": name, "input": "x".join(map(str, cfg.dataset.input_shape)), "gflops": flops / 1e9,
             "dlrun": examples / dlrun_s, "plain": examples / plain_s, "ratio": plain_s / dlrun_s}
 
@@ -92,13 +95,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--batches", type=int, default=3, help="timed batches per loop (default 3)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed batches per loop first")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed batches per loop first (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
-          f"{args.batches} timed batches per loop")
+          f"{args.batches} timed batches per loop; ratio = dlrun img/s / plain img/s")
     print(f"{'model':<12} {'input':>11} {'fwd GFLOPs':>10} {'dlrun img/s':>12} {'plain img/s':>12} {'ratio':>6}")
     for name in args.models:
         row = bench(name, args.batches, args.batch_size, args.warmup)

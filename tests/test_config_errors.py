@@ -9,7 +9,7 @@ from dlrun.errors import ConfigError
 from dlrun.schema import validate
 
 CLI_CASES = [
-    ("model=foo", "unknown model 'foo'; valid choices: lenet, mlp, softmax"),
+    ("model=foo", "unknown model 'foo'; valid choices: alexnet, densenet, googlenet, gru, lenet, linear, lstm, mlp, nin"),
     ("+typo=3", "unknown key 'typo'; valid keys at the top level: seed, name"),
     ("trainer.epoch=3", "unknown key 'trainer.epoch'; valid keys of trainer: epochs, batch_size"),
     ("trainer.epochs=abc", "wrong type for 'trainer.epochs'"),

@@ -7,7 +7,8 @@ import logging
 from omegaconf import DictConfig
 from torch import nn
 
-from dlrun.models.init import initialize
+from dlrun.errors import ConfigError
+from dlrun.models.init import INIT_SCHEMES, initialize
 from dlrun.schema import instantiate_group
 
 log = logging.getLogger(__name__)
@@ -16,11 +17,17 @@ log = logging.getLogger(__name__)
 def build_model(model_cfg: DictConfig, dropout: float = 0.0) -> nn.Module:
     """Instantiate `model_cfg` and initialise its weights as `model_cfg.init` asks.
 
+    A model with a `pretrained` attribute set keeps its weights: any other `init` is an error.
     `dropout` is the requested regularization.dropout: a model with no dropout sites
     cannot honour it, which is said once in the log rather than silently ignored.
     """
+    scheme = model_cfg.get("init", "default")
+    if scheme not in INIT_SCHEMES:  # before building: a VGG takes a while to construct
+        raise ConfigError(f"model.init={scheme!r} is not one of: {', '.join(INIT_SCHEMES)}")
     model = instantiate_group(model_cfg, "model")
-    initialize(model, model_cfg.get("init", "default"))
+    if getattr(model, "pretrained", False) and scheme != "default":
+        raise ConfigError(f"model.init={scheme} would overwrite the pretrained weights; use model.init=default")
+    initialize(model, scheme)
     if dropout > 0 and "dropout" not in model_cfg:
         log.warning("%s has no dropout sites: regularization.dropout=%s is not used",
                     type(model).__name__, dropout)

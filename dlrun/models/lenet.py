@@ -42,7 +42,7 @@ class LeNet(nn.Module):
             nn.Flatten(),
         )
         self.classifier = nn.Sequential(
-            nn.Linear(flat_features(self.features, input_shape), 120), *norm(120, 1), make_activation(activation),
+            nn.Linear(flat_features(self.features, input_shape, "LeNet"), 120), *norm(120, 1), make_activation(activation),
             nn.Linear(120, 84), *norm(84, 1), make_activation(activation),
             nn.Linear(84, num_outputs),
         )

@@ -1,0 +1,57 @@
+"""GoogLeNet as in d2l 8.4: a stem, nine Inception blocks, global average pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dlrun.models.layers import dry_run_shape
+
+
+class Inception(nn.Module):
+    """Four parallel paths concatenated on channels: 1x1; 1x1→3x3; 1x1→5x5; 3x3 max-pool→1x1."""
+
+    def __init__(self, in_channels: int, c1: int, c2: tuple[int, int], c3: tuple[int, int], c4: int) -> None:
+        super().__init__()
+        self.path1 = nn.Sequential(nn.Conv2d(in_channels, c1, kernel_size=1), nn.ReLU())
+        self.path2 = nn.Sequential(nn.Conv2d(in_channels, c2[0], kernel_size=1), nn.ReLU(),
+                                   nn.Conv2d(c2[0], c2[1], kernel_size=3, padding=1), nn.ReLU())
+        self.path3 = nn.Sequential(nn.Conv2d(in_channels, c3[0], kernel_size=1), nn.ReLU(),
+                                   nn.Conv2d(c3[0], c3[1], kernel_size=5, padding=2), nn.ReLU())
+        self.path4 = nn.Sequential(nn.MaxPool2d(kernel_size=3, stride=1, padding=1),
+                                   nn.Conv2d(in_channels, c4, kernel_size=1), nn.ReLU())
+        self.out_channels = c1 + c2[1] + c3[1] + c4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.path1(x), self.path2(x), self.path3(x), self.path4(x)], dim=1)
+
+
+def _pool() -> nn.MaxPool2d:
+    return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+
+class GoogLeNet(nn.Module):
+    """d2l's GoogLeNet (Inception v1 without the auxiliary classifiers), designed for 96x96."""
+
+    def __init__(self, input_shape: list[int], num_outputs: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3), nn.ReLU(), _pool(),
+            nn.Conv2d(64, 64, kernel_size=1), nn.ReLU(),
+            nn.Conv2d(64, 192, kernel_size=3, padding=1), nn.ReLU(), _pool(),
+            Inception(192, 64, (96, 128), (16, 32), 32),
+            Inception(256, 128, (128, 192), (32, 96), 64), _pool(),
+            Inception(480, 192, (96, 208), (16, 48), 64),
+            Inception(512, 160, (112, 224), (24, 64), 64),
+            Inception(512, 128, (128, 256), (24, 64), 64),
+            Inception(512, 112, (144, 288), (32, 64), 64),
+            Inception(528, 256, (160, 320), (32, 128), 128), _pool(),
+            Inception(832, 256, (160, 320), (32, 128), 128),
+            Inception(832, 384, (192, 384), (48, 128), 128),
+            nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
+            nn.Linear(1024, num_outputs),
+        )
+        dry_run_shape(self.net, input_shape, "GoogLeNet")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
