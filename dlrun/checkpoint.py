@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from dlrun.errors import CheckpointError
 
@@ -92,3 +95,47 @@ def _to_lists(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_to_lists(item) for item in value]
     return value
+
+
+def training_state(cfg: DictConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                   precision: Any, shuffle_generator: torch.Generator, progress: dict[str, Any],
+                   monitor: str) -> dict[str, Any]:
+    """Everything `restore_training_state` needs to continue the run exactly where it stands."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "grad_scaler": precision.state_dict(),
+        "epoch": progress["epoch"],
+        "best": {"metric": monitor, "value": progress["best_value"], "epoch": progress["best_epoch"]},
+        "metrics": progress["history"],  # the last epoch's, reported again if nothing is left to train
+        "rng": rng_states(shuffle_generator),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def restore_training_state(source: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                           precision: Any, shuffle_generator: torch.Generator,
+                           checkpoints: Path) -> dict[str, Any]:
+    """Load `source` into the live objects and return the run's progress.
+
+    The source run's last.pt and best.pt are copied into `checkpoints`, so the new run directory
+    is complete even before its first epoch ends (and the final test uses the best weights).
+    """
+    state = load_checkpoint(source)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        precision.load_state_dict(state.get("grad_scaler"))
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(
+            f"checkpoint {source} does not fit this model/optimizer: {str(error).splitlines()[0]}") from None
+    restore_rng_states(state["rng"], shuffle_generator)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    for name, original in ((LAST, source), (BEST, source.parent / BEST)):
+        if original.exists() and original.resolve() != (checkpoints / name).resolve():
+            shutil.copy2(original, checkpoints / name)
+    return {"epoch": state["epoch"], "best_value": state["best"]["value"], "best_epoch": state["best"]["epoch"],
+            "resumed_from": str(source), "history": state.get("metrics", {})}

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from dlrun import logs
-from dlrun.rundir import SUMMARY_FILE, environment, write_json
+from dlrun.rundir import SUMMARY_FILE, write_json
 
 log = logging.getLogger("dlrun")
 SPLITS = ("train/", "val/", "test/")
@@ -41,8 +41,14 @@ def train_folds(cfg: DictConfig, run_dir: Path, fingerprint: str,
     names = [name for name in rows[0] if name.startswith(SPLITS)]
     mean = {name: statistics.fmean(row[name] for row in rows) for name in names}
     std = {name: statistics.stdev(row[name] for row in rows) for name in names}
-    result = {"status": "completed", "kfold": folds, "monitor": monitor, "folds": rows, "mean": mean, "std": std,
-              "duration_s": time.perf_counter() - started, "device": device, "environment": environment()}
+    # The keys of a single run's summary, filled with fold means, so sweeps, the leaderboard and
+    # sweep.resume treat a cross-validated job like any other.
+    result = {"status": "completed", "kfold": folds, "monitor": monitor, "mode": summary["mode"],
+              "best_value": mean[monitor], "best_epoch": None, "epochs_completed": summary["epochs_completed"],
+              "final": {name: value for name, value in mean.items() if not name.startswith("test/")},
+              "test": {name: value for name, value in mean.items() if name.startswith("test/")},
+              "folds": rows, "mean": mean, "std": std, "duration_s": time.perf_counter() - started,
+              "device": device, "environment": summary["environment"]}
     write_json(run_dir / SUMMARY_FILE, result)
     logs.console.print(_table(rows, names, mean, std))
     log.info("%d-fold %s: %s", folds, monitor, f"{mean[monitor]:.4f} ± {std[monitor]:.4f}")

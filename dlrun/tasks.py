@@ -60,7 +60,7 @@ class Classification(Task):
 
     def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """[loss x examples, correct predictions, examples]."""
-        count = targets.new_tensor(len(targets), dtype=torch.float32)
+        count = outputs.new_full((), len(targets), dtype=torch.float32)  # a fill, not a host-to-device copy
         correct = (outputs.argmax(dim=-1) == targets).sum().float()
         return torch.stack([loss.float() * count, correct, count])
 
@@ -92,7 +92,7 @@ class Regression(Task):
 
     def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """[loss x examples, squared log errors (0 without log_target), examples]."""
-        count = targets.new_tensor(len(targets), dtype=torch.float32)
+        count = outputs.new_full((), len(targets), dtype=torch.float32)  # a fill, not a host-to-device copy
         log_errors = outputs.new_zeros(())
         if self.log_target:
             predictions = outputs.float().reshape(targets.shape).clamp(min=1)
@@ -148,7 +148,7 @@ class LanguageModel(Task):
 
     def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """[loss x tokens, tokens]."""
-        count = targets.new_tensor(targets.numel(), dtype=torch.float32)
+        count = outputs.new_full((), targets.numel(), dtype=torch.float32)  # a fill, not a host-to-device copy
         return torch.stack([loss.float() * count, count])
 
     def metrics(self, stats: list[float]) -> dict[str, float]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from dlrun import checkpoint, hparams, logs
@@ -108,14 +107,19 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
         penalized = regularized_parameters(model, regularization.decay_bias_and_norm)
         penalty = partial(l1_penalty, penalized, regularization.l1)
     checkpoints = run_dir / "checkpoints"
+    # What a checkpoint carries across a resume; `history` is the last epoch's metrics.
     progress: dict[str, Any] = {"epoch": 0, "best_value": None, "best_epoch": None, "resumed_from": None,
-                                "stopped_early": None}
+                                "stopped_early": None, "history": {}}
 
     if cfg.trainer.resume:
-        latest = find_latest_run(Path(cfg.output_root), fingerprint, exclude=run_dir)
-        source = checkpoint.resolve_resume_path(str(cfg.trainer.resume), latest)
-        progress.update(_restore(source, model, optimizer, scheduler, precision, shuffle_generator, checkpoints))
+        resume = str(cfg.trainer.resume)
+        latest = find_latest_run(Path(cfg.output_root), fingerprint, exclude=run_dir) if resume == "auto" else None
+        source = checkpoint.resolve_resume_path(resume, latest)
+        progress.update(checkpoint.restore_training_state(source, model, optimizer, scheduler, precision,
+                                                          shuffle_generator, checkpoints))
         log.info("resuming from %s after epoch %d", source, progress["epoch"])
+        if progress["epoch"] >= epochs:
+            log.info("nothing left to train: the checkpoint is at epoch %d of %d; testing it", progress["epoch"], epochs)
 
     # An example from the test loader: it is not augmented, so no random numbers are drawn
     # here (an exact resume depends on the RNG streams being untouched).
@@ -124,17 +128,17 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
     device_line = f"{device}, {torch.get_num_threads()} CPU threads"
     logs.show_start(hparams.group_choices(), hparams.overrides(), device_line, summary.table())
 
-    history: dict[str, float] = {}
     with logs.MetricsLog(run_dir, overlay=("loss", task.metric)) as metrics_log:
         for epoch in range(progress["epoch"] + 1, epochs + 1):
             epoch_started = time.perf_counter()
             train_metrics = train_one_epoch(net, data.train, task, optimizer, scheduler, precision, grad_clip,
                                             penalty, epoch, epochs)
+            training_seconds = time.perf_counter() - epoch_started  # train_one_epoch ends with a host sync
             val_metrics = evaluate(net, data.val, task, precision) if validating else {}
-            seconds = time.perf_counter() - epoch_started
             history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
                        "lr": optimizer.param_groups[0]["lr"],
-                       "examples_per_sec": data.train.num_examples / seconds, "epoch_time_s": seconds}
+                       "examples_per_sec": data.train.num_examples / training_seconds,
+                       "epoch_time_s": time.perf_counter() - epoch_started}
             if scheduler is not None and scheduler.interval == "epoch":
                 scheduler.step(history)
             metrics_log.write(epoch, history)
@@ -145,9 +149,9 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
             improved = _is_better(history[monitor], progress["best_value"], task.mode)
             if improved:
                 progress.update(best_value=history[monitor], best_epoch=epoch)
-            progress["epoch"] = epoch
-            state = _checkpoint_state(cfg, model, optimizer, scheduler, precision, shuffle_generator, progress,
-                                      monitor)
+            progress.update(epoch=epoch, history=history)
+            state = checkpoint.training_state(cfg, model, optimizer, scheduler, precision, shuffle_generator,
+                                              progress, monitor)
             checkpoint.save_checkpoint(checkpoints / checkpoint.LAST, state)
             if improved:
                 checkpoint.save_checkpoint(checkpoints / checkpoint.BEST, state)
@@ -176,7 +180,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
         "best_epoch": progress["best_epoch"],
         "best_value": progress["best_value"],
         "stopped_early": progress["stopped_early"],  # the epoch early stopping ended the run, or null
-        "final": history,
+        "final": progress["history"],
         "test": test_metrics,
         "duration_s": duration,
         "device": str(device),
@@ -185,7 +189,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
         "environment": environment(),
     }
     write_json(run_dir / SUMMARY_FILE, summary_data)
-    logs.show_results(_results_rows(history, test_metrics), run_dir)
+    logs.show_results(_results_rows(progress["history"], test_metrics), run_dir)
     return summary_data
 
 
@@ -251,43 +255,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _checkpoint_state(cfg: DictConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-                      scheduler: Optional[Scheduler], precision: Precision, shuffle_generator: torch.Generator,
-                      progress: dict[str, Any], monitor: str) -> dict[str, Any]:
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "grad_scaler": precision.state_dict(),
-        "epoch": progress["epoch"],
-        "best": {"metric": monitor, "value": progress["best_value"], "epoch": progress["best_epoch"]},
-        "rng": checkpoint.rng_states(shuffle_generator),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-
-
-def _restore(source: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Optional[Scheduler],
-             precision: Precision, shuffle_generator: torch.Generator, checkpoints: Path) -> dict[str, Any]:
-    """Load `source` into the live objects; carry the source run's best.pt over for the final test."""
-    state = checkpoint.load_checkpoint(source)
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        precision.load_state_dict(state.get("grad_scaler"))
-    except (RuntimeError, ValueError, KeyError) as error:
-        raise checkpoint.CheckpointError(
-            f"checkpoint {source} does not fit this model/optimizer: {str(error).splitlines()[0]}") from None
-    checkpoint.restore_rng_states(state["rng"], shuffle_generator)
-    best = source.parent / checkpoint.BEST
-    if best.exists() and best.resolve() != (checkpoints / checkpoint.BEST).resolve():
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(best, checkpoints / checkpoint.BEST)
-    return {"epoch": state["epoch"], "best_value": state["best"]["value"], "best_epoch": state["best"]["epoch"],
-            "resumed_from": str(source)}
-
-
 def _patience_ran_out(epoch: int, best_epoch: Optional[int], patience: int) -> bool:
     """Early stopping: `patience` epochs (0 = never stop) have passed since the best one."""
     return patience > 0 and epoch - (best_epoch or 0) >= patience
@@ -313,9 +280,8 @@ def _results_rows(history: dict[str, float], test: dict[str, float]) -> dict[str
 
 
 def _save_model_summary(run_dir: Path, summary: Any) -> None:
-    recorder = logs.Console(record=True, width=120, file=open(run_dir / "model_summary.txt", "w"))
-    recorder.print(summary.table())
-    recorder.file.close()
+    with open(run_dir / "model_summary.txt", "w") as handle:
+        logs.Console(width=120, file=handle).print(summary.table())
 
 
 def _default_run_dir(cfg: DictConfig) -> Path:

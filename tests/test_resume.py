@@ -64,3 +64,12 @@ def test_checkpoint_is_weights_only_and_complete(cfg_for, tmp_path):
     assert state["config"]["model"]["_target_"] == "dlrun.models.mlp.MLP"
     assert state["best"]["metric"] == "val/acc"
     assert not list((tmp_path / "run" / "checkpoints").glob(".*tmp"))  # no temporary file left behind
+
+
+def test_resuming_a_finished_run_reports_it_and_keeps_a_complete_run_dir(cfg_for, tmp_path):
+    first = run(cfg_for(*SETUP, "trainer.epochs=2"), run_dir=tmp_path / "first")
+    again = run(cfg_for(*SETUP, "trainer.epochs=2", f"trainer.resume={tmp_path / 'first'}"), run_dir=tmp_path / "again")
+    assert again["epochs_completed"] == 2
+    assert again["final"] == first["final"] and again["test"] == first["test"]
+    copied, original = weights(tmp_path / "again"), weights(tmp_path / "first")  # last.pt carried over
+    assert all(torch.equal(copied[name], original[name]) for name in original)

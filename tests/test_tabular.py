@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose_config, read_json
+from conftest import compose_config, read_json, run_cli
 from dataset_files import write_house_csv
 from dlrun.data.splits import TensorSplit, fold_split
 from dlrun.data.tabular import encode_csv
@@ -90,3 +90,12 @@ def test_kfold_reports_every_fold_and_mean_std(cfg_for, tmp_path):
     for fold in range(3):
         assert (tmp_path / "run" / f"fold_{fold}" / "checkpoints" / "best.pt").exists()
     assert read_json(tmp_path / "run" / "status.json")["status"] == "completed"
+    # The same keys as a single run's summary, so sweeps and the CLI treat it like any run.
+    assert saved["best_value"] == saved["mean"]["val/log_rmse"] and saved["epochs_completed"] == 2
+    assert saved["test"] == {k: v for k, v in saved["mean"].items() if k.startswith("test/")}
+
+
+def test_kfold_from_the_cli_exits_zero(tmp_path):
+    result = run_cli("dataset=diabetes", "model=mlp", "trainer.kfold=3", "debug=smoke", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "3-fold cross-validation" in result.stdout
