@@ -27,7 +27,8 @@ from dlrun.models import build_model
 from dlrun.models.summary import summarize
 from dlrun.optim import build_optimizer
 from dlrun.schema import validate
-from dlrun.tasks import build_task
+from dlrun.precision import Precision
+from dlrun.tasks import Classification
 from dlrun.train import train_one_epoch
 
 MODELS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*.yaml"))
@@ -73,7 +74,8 @@ def bench(name: str, batches: int, batch_size: int, warmup: int) -> dict:
     twin = copy.deepcopy(model)
     flops = summarize(model, images[:1]).flops
 
-    task = build_task(cfg.dataset.task)
+    task = Classification()
+    precision = Precision("off", torch.device("cpu"))
     dlrun_optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
     plain_optimizer = torch.optim.SGD(twin.parameters(), lr=LR)
     split = TensorSplit(images, labels)
@@ -81,10 +83,10 @@ def bench(name: str, batches: int, batch_size: int, warmup: int) -> dict:
     plain_loader = DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=True)
     warm = warmup * batch_size
     train_one_epoch(model, TensorLoader(split.select(slice(0, warm)), batch_size), task, dlrun_optimizer,
-                    None, None, 0, 0)
+                    None, precision, None, None, 0, 0)
     plain_loop(twin, plain_optimizer, DataLoader(TensorDataset(images[:warm], labels[:warm]), batch_size=batch_size))
 
-    dlrun_s = seconds(lambda: train_one_epoch(model, dlrun_loader, task, dlrun_optimizer, None, None, 1, 1))
+    dlrun_s = seconds(lambda: train_one_epoch(model, dlrun_loader, task, dlrun_optimizer, None, precision, None, None, 1, 1))
     plain_s = seconds(lambda: plain_loop(twin, plain_optimizer, plain_loader))
     return {"model": name, "input": "x".join(map(str, cfg.dataset.input_shape)), "gflops": flops / 1e9,
             "dlrun": examples / dlrun_s, "plain": examples / plain_s, "ratio": plain_s / dlrun_s}

@@ -19,6 +19,9 @@ FAMILIES = {
                 "optimizer.lr=0.001", *SHORT],
     "vgg": ["model=vgg", "dataset.resize=32", "model.width_divisor=8", "model.head_width=128",
             "optimizer.lr=0.001", *SHORT],
+    # Plain NiN (twelve ReLU convolutions) often stays at chance in runs this short; batch norm trains it.
+    "nin": ["model=nin", "dataset.resize=67", "model.width_divisor=8", "model.batch_norm=true",
+            "optimizer.lr=0.01", "trainer.epochs=6", "trainer.limit_batches=10"],
     "resnet": ["model=resnet", "dataset.resize=16", "optimizer=sgd", "optimizer.lr=0.05", *SHORT],
     "densenet": ["model=densenet", "dataset.resize=16", "model.growth_rate=8", "model.block_sizes=[2,2]",
                  "optimizer=sgd", "optimizer.lr=0.05",

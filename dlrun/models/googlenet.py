@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlrun.models.layers import dry_run_shape
+from dlrun.models.layers import divide_width, dry_run_shape
 
 
 class Inception(nn.Module):
@@ -30,27 +30,48 @@ def _pool() -> nn.MaxPool2d:
     return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
 
-class GoogLeNet(nn.Module):
-    """d2l's GoogLeNet (Inception v1 without the auxiliary classifiers), designed for 96x96."""
+# d2l's Inception blocks as (c1, (c2 reduce, c2), (c3 reduce, c3), c4); None marks a max-pool.
+INCEPTIONS = [
+    (64, (96, 128), (16, 32), 32),
+    (128, (128, 192), (32, 96), 64), None,
+    (192, (96, 208), (16, 48), 64),
+    (160, (112, 224), (24, 64), 64),
+    (128, (128, 256), (24, 64), 64),
+    (112, (144, 288), (32, 64), 64),
+    (256, (160, 320), (32, 128), 128), None,
+    (256, (160, 320), (32, 128), 128),
+    (384, (192, 384), (48, 128), 128),
+]
 
-    def __init__(self, input_shape: list[int], num_outputs: int) -> None:
+
+class GoogLeNet(nn.Module):
+    """d2l's GoogLeNet (Inception v1 without the auxiliary classifiers), designed for 96x96.
+
+    `width_divisor` divides every channel count (stem and all Inception paths), for quick runs.
+    """
+
+    def __init__(self, input_shape: list[int], num_outputs: int, width_divisor: int = 1) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3), nn.ReLU(), _pool(),
-            nn.Conv2d(64, 64, kernel_size=1), nn.ReLU(),
-            nn.Conv2d(64, 192, kernel_size=3, padding=1), nn.ReLU(), _pool(),
-            Inception(192, 64, (96, 128), (16, 32), 32),
-            Inception(256, 128, (128, 192), (32, 96), 64), _pool(),
-            Inception(480, 192, (96, 208), (16, 48), 64),
-            Inception(512, 160, (112, 224), (24, 64), 64),
-            Inception(512, 128, (128, 256), (24, 64), 64),
-            Inception(512, 112, (144, 288), (32, 64), 64),
-            Inception(528, 256, (160, 320), (32, 128), 128), _pool(),
-            Inception(832, 256, (160, 320), (32, 128), 128),
-            Inception(832, 384, (192, 384), (48, 128), 128),
-            nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
-            nn.Linear(1024, num_outputs),
-        )
+
+        def width(channels: int) -> int:
+            return divide_width(channels, width_divisor)
+
+        layers: list[nn.Module] = [
+            nn.Conv2d(input_shape[0], width(64), kernel_size=7, stride=2, padding=3), nn.ReLU(), _pool(),
+            nn.Conv2d(width(64), width(64), kernel_size=1), nn.ReLU(),
+            nn.Conv2d(width(64), width(192), kernel_size=3, padding=1), nn.ReLU(), _pool(),
+        ]
+        channels = width(192)
+        for spec in INCEPTIONS:
+            if spec is None:
+                layers.append(_pool())
+                continue
+            c1, (c2a, c2b), (c3a, c3b), c4 = spec
+            block = Inception(channels, width(c1), (width(c2a), width(c2b)), (width(c3a), width(c3b)), width(c4))
+            layers.append(block)
+            channels = block.out_channels
+        layers += [nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(channels, num_outputs)]
+        self.net = nn.Sequential(*layers)
         dry_run_shape(self.net, input_shape, "GoogLeNet")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
