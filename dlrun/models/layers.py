@@ -62,3 +62,9 @@ def classifier_head(in_features: int, width: int, num_outputs: int, dropout: flo
             layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(width, num_outputs))
     return nn.Sequential(*layers)
+
+
+def conv_relu(in_channels: int, out_channels: int, batch_norm: bool, **conv_args: int) -> list[nn.Module]:
+    """Conv2d, then BatchNorm2d when asked, then ReLU: the unit most CNN families repeat."""
+    norm = [nn.BatchNorm2d(out_channels)] if batch_norm else []
+    return [nn.Conv2d(in_channels, out_channels, **conv_args), *norm, nn.ReLU()]
