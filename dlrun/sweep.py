@@ -11,6 +11,7 @@ from the same files.
 from __future__ import annotations
 
 import argparse
+import math
 import csv
 import os
 import statistics
@@ -225,14 +226,20 @@ def parallel_jobs_of(hydra_cfg: DictConfig) -> int:
 
 def sweep_batch_size(hydra_cfg: DictConfig) -> int:
     """Jobs launched together: the number of combinations of the sweep overrides (basic sweeper),
-    capped by `max_batch_size`, or the sweeper's `n_jobs` (Optuna's trials per batch)."""
+    capped by `max_batch_size`, or the sweeper's `n_jobs` (Optuna's trials per batch).
+
+    As Hydra's basic sweeper does, the sweep is `hydra.sweeper.params` (where a recipe puts it)
+    followed by the command line, a later value for the same key replacing an earlier one.
+    """
     sweeper = hydra_cfg.sweeper
     if sweeper.get("n_jobs"):
         return int(sweeper.n_jobs)
-    size = 1
-    for override in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task)):
-        if override.is_sweep_override():
-            size *= len(list(override.sweep_string_iterator()))
+    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    values_per_key: dict[str, int] = {}
+    for override in OverridesParser.create().parse_overrides(params + list(hydra_cfg.overrides.task)):
+        sweep = override.is_sweep_override()
+        values_per_key[override.get_key_element()] = len(list(override.sweep_string_iterator())) if sweep else 1
+    size = math.prod(values_per_key.values())
     return min(size, sweeper.max_batch_size) if sweeper.get("max_batch_size") else size
 
 
