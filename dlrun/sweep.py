@@ -11,8 +11,8 @@ from the same files.
 from __future__ import annotations
 
 import argparse
-import math
 import csv
+import math
 import os
 import statistics
 import sys
@@ -26,13 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from dlrun.device import PARALLEL_JOBS_ENV
 from dlrun.rundir import STATUS_FILE, SUMMARY_FILE, read_json, write_json
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
-# The number of jobs of a sweep running at once on this machine, set by the sweep's main
-# process for its jobs (read by dlrun.device to share out CPU threads and GPUs).
-PARALLEL_JOBS_ENV = "DLRUN_PARALLEL_JOBS"
 CSV_COLUMNS = ("job", "name", "overrides", "status", "monitor", "best_value", "test_metric", "test_value",
                "epochs", "duration_s", "error")
 
