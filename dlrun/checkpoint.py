@@ -7,15 +7,14 @@ resolved config.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
+from dlrun.atomic import atomic_write
 from dlrun.errors import CheckpointError
 
 LAST, BEST = "last.pt", "best.pt"
@@ -23,15 +22,7 @@ LAST, BEST = "last.pt", "best.pt"
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(state, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda temporary: torch.save(state, temporary))
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
