@@ -30,7 +30,6 @@ from dlrun.device import PARALLEL_JOBS_ENV
 from dlrun.rundir import STATUS_FILE, SUMMARY_FILE, read_json, write_json
 
 SUMMARY_CSV = "summary.csv"
-SUMMARY_JSON = "summary.json"
 CSV_COLUMNS = ("job", "name", "overrides", "status", "monitor", "best_value", "test_metric", "test_value",
                "epochs", "duration_s", "error")
 
@@ -144,7 +143,7 @@ def write_summary(summary: SweepSummary) -> None:
         writer.writeheader()
         for job in summary.jobs:
             writer.writerow({**asdict(job), "overrides": " ".join(job.overrides)})
-    write_json(summary.sweep_dir / SUMMARY_JSON, {
+    write_json(summary.sweep_dir / SUMMARY_FILE, {
         "sweep_dir": str(summary.sweep_dir),
         "completed": len(summary.jobs) - len(summary.failed),
         "failed": len(summary.failed),
@@ -198,7 +197,7 @@ class Leaderboard(Callback):
         summary = summarize(Path(config.hydra.sweep.dir))
         write_summary(summary)
         show(summary)
-        print(f"sweep summary: {summary.sweep_dir / SUMMARY_CSV}, {summary.sweep_dir / SUMMARY_JSON}")
+        print(f"sweep summary: {summary.sweep_dir / SUMMARY_CSV}, {summary.sweep_dir / SUMMARY_FILE}")
         print(f"tensorboard --logdir {summary.sweep_dir}")
         finished.append(summary)
 
