@@ -34,10 +34,10 @@ from torch.utils.data import DataLoader, TensorDataset
 import dlrun  # noqa: F401  (registers the config resolvers)
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
-from dlrun.device import configure_backends, prepare_model
+from dlrun.device import channels_last_transform, configure_backends, prepare_model
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
-from dlrun.precision import Precision
+from dlrun.precision import AMP_DTYPES, Precision
 from dlrun.schema import validate
 from dlrun.tasks import Classification
 from dlrun.train import train_one_epoch
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per loop (default: one full epoch; CPU resnet: 3)")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per loop; the best counts")
-    parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
+    parser.add_argument("--amp", default="off", choices=list(AMP_DTYPES))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--compile-mode", default="default")
@@ -121,8 +121,7 @@ def measure(workload: Workload, device: torch.device, steps: int | None, args: a
     precision = Precision(args.amp, device)
     loader = TensorLoader(TensorSplit(images, labels).to(device), workload.batch_size, shuffle=True,
                           generator=torch.Generator().manual_seed(0), limit_batches=batches,
-                          transform=(lambda b: b.contiguous(memory_format=torch.channels_last))
-                          if args.channels_last else None)
+                          transform=channels_last_transform(args.channels_last))
     task = Classification()
 
     def dlrun_epoch() -> None:
@@ -159,7 +158,7 @@ def plain_loop(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimi
     loss_fn = nn.CrossEntropyLoss()
     net.train()
     total_loss, correct, seen = 0.0, 0.0, 0
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    autocast_dtype = AMP_DTYPES[args.amp]
     for step, (x, y) in enumerate(loader):
         if step == batches:
             break

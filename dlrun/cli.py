@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from dlrun import sweep
-from dlrun.errors import DlrunError
+from dlrun.errors import DlrunError, find_cause
 from dlrun.schema import describe_omegaconf_error
 
 
@@ -69,7 +69,7 @@ def main() -> None:
 
 def exit_code(error: Exception) -> int:
     """2 for bad input (config, checkpoint, data files), 3 for divergence, 1 for anything else."""
-    dlrun_error = _find(error, DlrunError)  # also when raised inside a resolver or a Hydra plugin
+    dlrun_error = find_cause(error, DlrunError)  # also when raised inside a resolver or a Hydra plugin
     if dlrun_error is not None:
         return dlrun_error.exit_code
     if isinstance(error, (HydraException, OmegaConfBaseException)):
@@ -79,14 +79,14 @@ def exit_code(error: Exception) -> int:
 
 def describe_error(error: BaseException) -> str:
     """One line: what was wrong and, where known, the valid choices."""
-    dlrun_error = _find(error, DlrunError)
+    dlrun_error = find_cause(error, DlrunError)
     if dlrun_error is not None:
         return str(dlrun_error)
-    missing = _find(error, MissingConfigException)
+    missing = find_cause(error, MissingConfigException)
     if missing is not None and missing.options is not None and missing.missing_cfg_file:
         group, _, option = str(missing.missing_cfg_file).rpartition("/")
         return f"unknown {group} '{option}'; valid choices: {', '.join(sorted(missing.options))}"
-    omegaconf_error = _find(error, OmegaConfBaseException)
+    omegaconf_error = find_cause(error, OmegaConfBaseException)
     if omegaconf_error is not None:
         return describe_omegaconf_error(omegaconf_error)
     if isinstance(error, HydraException):
@@ -94,11 +94,3 @@ def describe_error(error: BaseException) -> str:
     first_line = str(error).splitlines()[0] if str(error) else ""
     return f"{type(error).__name__}: {first_line} (set HYDRA_FULL_ERROR=1 for the traceback)"
 
-
-def _find(error: BaseException | None, kind: type) -> BaseException | None:
-    """`error` or the first exception in its cause chain of the given kind."""
-    while error is not None:
-        if isinstance(error, kind):
-            return error
-        error = error.__cause__ or error.__context__
-    return None

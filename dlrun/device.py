@@ -17,9 +17,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dlrun.errors import ConfigError
-from dlrun.sweep import PARALLEL_JOBS_ENV
 
 log = logging.getLogger("dlrun")
+# The number of jobs of a sweep running at once on this machine, set by the sweep's main
+# process for its jobs (dlrun.sweep.Leaderboard) and read here to share out CPU threads and GPUs.
+PARALLEL_JOBS_ENV = "DLRUN_PARALLEL_JOBS"
 
 
 def parallel_jobs() -> int:

@@ -1,5 +1,11 @@
 """The errors dlrun reports as one line, each with the exit code the CLI returns."""
 
+from __future__ import annotations
+
+from typing import Optional, TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
 
 class DlrunError(Exception):
     """A failure the user can act on; the CLI prints its message alone, no traceback."""
@@ -29,3 +35,16 @@ class TrainingDiverged(DlrunError):
     """The loss became NaN or infinite; the run stopped without saving the bad state."""
 
     exit_code = 3
+
+
+def find_cause(error: Optional[BaseException], kind: type[E]) -> Optional[E]:
+    """`error` or the first exception of type `kind` in its cause chain, None if there is none.
+
+    Resolvers, Hydra and OmegaConf wrap the errors they meet in their own, so the one to
+    report may sit a few links down the chain.
+    """
+    while error is not None:
+        if isinstance(error, kind):
+            return error
+        error = error.__cause__ or error.__context__
+    return None

@@ -13,25 +13,30 @@ from torch import nn
 from dlrun.schema import instantiate_group
 
 
-def regularized_parameters(model: nn.Module, decay_bias_and_norm: bool) -> list[nn.Parameter]:
-    """The trainable parameters weight decay and L1 act on.
+def partition_parameters(model: nn.Module, decay_bias_and_norm: bool) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The trainable parameters split into (those weight decay and L1 act on, the exempt ones).
 
     Without `decay_bias_and_norm`, 1-D parameters (biases, batch-norm scales and shifts) are
-    left out: shrinking them does not regularise the function and hurts normalised nets.
+    exempt: shrinking them does not regularise the function and hurts normalised nets.
     """
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return trainable if decay_bias_and_norm else [p for p in trainable if p.dim() > 1]
+    regularized: list[nn.Parameter] = []
+    exempt: list[nn.Parameter] = []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (regularized if decay_bias_and_norm or parameter.dim() > 1 else exempt).append(parameter)
+    return regularized, exempt
+
+
+def regularized_parameters(model: nn.Module, decay_bias_and_norm: bool) -> list[nn.Parameter]:
+    """The trainable parameters weight decay and L1 act on (see partition_parameters)."""
+    return partition_parameters(model, decay_bias_and_norm)[0]
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: bool) -> list[dict[str, Any]]:
     """L2 weight decay as optimizer parameter groups: decayed parameters, then the exempt ones."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if decay_bias_and_norm or weight_decay == 0:
-        return [{"params": trainable, "weight_decay": weight_decay}]
-    decayed = regularized_parameters(model, decay_bias_and_norm)
-    decayed_ids = {id(p) for p in decayed}
-    exempt = [p for p in trainable if id(p) not in decayed_ids]
-    return [group for group in ({"params": decayed, "weight_decay": weight_decay},
+    # Without decay, one group in the model's parameter order (the optimizer state's indices).
+    regularized, exempt = partition_parameters(model, decay_bias_and_norm or weight_decay == 0)
+    return [group for group in ({"params": regularized, "weight_decay": weight_decay},
                                 {"params": exempt, "weight_decay": 0.0}) if group["params"]]
 
 

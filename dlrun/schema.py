@@ -25,7 +25,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from dlrun.errors import ConfigError, DlrunError
+from dlrun.errors import ConfigError, DlrunError, find_cause
 from dlrun.tasks import TASKS
 
 
@@ -148,7 +148,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         typed = OmegaConf.merge(OmegaConf.structured(Config), plain)
         resolved = OmegaConf.to_container(typed, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as error:
-        data_error = _dlrun_error_behind(error)  # e.g. a resolver that reads a missing dataset file
+        data_error = find_cause(error, DlrunError)  # e.g. a resolver that reads a missing dataset file
         if data_error is not None:
             raise data_error from None
         raise ConfigError(describe_omegaconf_error(error)) from None
@@ -156,15 +156,6 @@ def validate(cfg: DictConfig) -> DictConfig:
         _check_group(group, resolved[group])
     _check_ranges(resolved)
     return typed
-
-
-def _dlrun_error_behind(error: BaseException) -> Optional[DlrunError]:
-    """The DlrunError a resolver raised, which OmegaConf wraps in its own error."""
-    while error is not None:
-        if isinstance(error, DlrunError):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def describe_omegaconf_error(error: OmegaConfBaseException) -> str:
@@ -187,6 +178,8 @@ def describe_omegaconf_error(error: OmegaConfBaseException) -> str:
 
 def unknown_key_message(full_key: str) -> str:
     """Name the unknown key and list the valid ones where the schema knows them."""
+    if full_key in RUNTIME_HINTS:  # a key dlrun fills in, e.g. the optimizer's weight decay
+        return runtime_arg_message(full_key)
     parent, _, _ = full_key.rpartition(".")
     node: Any = Config
     for part in parent.split(".") if parent else []:
@@ -197,6 +190,11 @@ def unknown_key_message(full_key: str) -> str:
         valid = ", ".join(f.name for f in fields(node))
         return f"unknown key '{full_key}'; valid keys {where}: {valid}"
     return f"unknown key '{full_key}'; list the valid ones with `dlrun --cfg job --package {parent}`"
+
+
+def runtime_arg_message(full_key: str) -> str:
+    """For a key dlrun passes to the target itself (RUNTIME_ARGS): where to set it instead."""
+    return f"'{full_key}' cannot be set here: {RUNTIME_HINTS.get(full_key, 'dlrun sets it')}"
 
 
 def _dataclass_named(type_name: Any) -> Any:
@@ -218,8 +216,7 @@ def _check_group(group: str, options: dict[str, Any]) -> None:
     given = {k for k in options if not k.startswith("_")} - META_KEYS[group]
     for key in sorted(given):
         if key in RUNTIME_ARGS[group]:
-            hint = RUNTIME_HINTS.get(f"{group}.{key}", "dlrun sets it")
-            raise ConfigError(f"'{group}.{key}' cannot be set here: {hint}")
+            raise ConfigError(runtime_arg_message(f"{group}.{key}"))
         if key not in parameters and not accepts_any:
             valid = sorted((set(parameters) - RUNTIME_ARGS[group]) | META_KEYS[group])
             raise ConfigError(f"unknown key '{group}.{key}'; valid keys for {target}: {', '.join(valid)}")

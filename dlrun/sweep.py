@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import statistics
 import sys
@@ -25,13 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from dlrun.device import PARALLEL_JOBS_ENV
 from dlrun.rundir import STATUS_FILE, SUMMARY_FILE, read_json, write_json
 
 SUMMARY_CSV = "summary.csv"
-SUMMARY_JSON = "summary.json"
-# The number of jobs of a sweep running at once on this machine, set by the sweep's main
-# process for its jobs (read by dlrun.device to share out CPU threads and GPUs).
-PARALLEL_JOBS_ENV = "DLRUN_PARALLEL_JOBS"
 CSV_COLUMNS = ("job", "name", "overrides", "status", "monitor", "best_value", "test_metric", "test_value",
                "epochs", "duration_s", "error")
 
@@ -145,7 +143,7 @@ def write_summary(summary: SweepSummary) -> None:
         writer.writeheader()
         for job in summary.jobs:
             writer.writerow({**asdict(job), "overrides": " ".join(job.overrides)})
-    write_json(summary.sweep_dir / SUMMARY_JSON, {
+    write_json(summary.sweep_dir / SUMMARY_FILE, {
         "sweep_dir": str(summary.sweep_dir),
         "completed": len(summary.jobs) - len(summary.failed),
         "failed": len(summary.failed),
@@ -199,7 +197,7 @@ class Leaderboard(Callback):
         summary = summarize(Path(config.hydra.sweep.dir))
         write_summary(summary)
         show(summary)
-        print(f"sweep summary: {summary.sweep_dir / SUMMARY_CSV}, {summary.sweep_dir / SUMMARY_JSON}")
+        print(f"sweep summary: {summary.sweep_dir / SUMMARY_CSV}, {summary.sweep_dir / SUMMARY_FILE}")
         print(f"tensorboard --logdir {summary.sweep_dir}")
         finished.append(summary)
 
@@ -225,14 +223,20 @@ def parallel_jobs_of(hydra_cfg: DictConfig) -> int:
 
 def sweep_batch_size(hydra_cfg: DictConfig) -> int:
     """Jobs launched together: the number of combinations of the sweep overrides (basic sweeper),
-    capped by `max_batch_size`, or the sweeper's `n_jobs` (Optuna's trials per batch)."""
+    capped by `max_batch_size`, or the sweeper's `n_jobs` (Optuna's trials per batch).
+
+    As Hydra's basic sweeper does, the sweep is `hydra.sweeper.params` (where a recipe puts it)
+    followed by the command line, a later value for the same key replacing an earlier one.
+    """
     sweeper = hydra_cfg.sweeper
     if sweeper.get("n_jobs"):
         return int(sweeper.n_jobs)
-    size = 1
-    for override in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task)):
-        if override.is_sweep_override():
-            size *= len(list(override.sweep_string_iterator()))
+    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    values_per_key: dict[str, int] = {}
+    for override in OverridesParser.create().parse_overrides(params + list(hydra_cfg.overrides.task)):
+        sweep = override.is_sweep_override()
+        values_per_key[override.get_key_element()] = len(list(override.sweep_string_iterator())) if sweep else 1
+    size = math.prod(values_per_key.values())
     return min(size, sweeper.max_batch_size) if sweeper.get("max_batch_size") else size
 
 

@@ -17,6 +17,8 @@ CLI_CASES = [
     ("regularization.dropout=1.5", "regularization.dropout=1.5 is out of range: must be in [0, 1)"),
     ("+model.foo=1", "unknown key 'model.foo'; valid keys for dlrun.models.lenet.LeNet: activation"),
     ("model.activation=swish", "activation 'swish' is not one of: relu, sigmoid"),
+    ("optimizer.weight_decay=0.1", "'optimizer.weight_decay' cannot be set here: "
+                                   "set weight decay with regularization.weight_decay"),
 ]
 
 

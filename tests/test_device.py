@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import compose_config, read_json, run_cli
+from dataset_files import write_cifar10
 from dlrun.data import build_data
 from dlrun.device import configure_backends, prepare_model
 from dlrun.errors import ConfigError
@@ -39,6 +40,20 @@ def test_channels_last_reaches_model_and_batches():
     inputs, _ = next(iter(data.train))
     assert inputs.shape[1:] == (1, 28, 28)
     assert inputs.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_survives_augmentation_of_colour_images(tmp_path):
+    # With one channel NCHW and NHWC coincide; three channels tell them apart.
+    write_cifar10(tmp_path, per_batch=4)
+    cfg = validate(compose_config("device=cpu", "device.channels_last=true", "regularization.augment=flip_crop",
+                                  "model=lenet", "dataset=cifar10", f"dataset.root={tmp_path}",
+                                  "dataset.download=false", "trainer.batch_size=4"))
+    data = build_data(cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    for loader in (data.train, data.val):
+        inputs, _ = next(iter(loader))
+        assert inputs.shape[1] == 3
+        assert inputs.is_contiguous(memory_format=torch.channels_last)
+        assert not inputs.is_contiguous()
 
 
 def test_bf16_autocast_on_cpu_and_a_run_completes(cfg_for, tmp_path):

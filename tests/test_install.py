@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,27 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1]
 
 
+def copy_source_tree(destination: Path) -> Path:
+    """The checkout's files (tracked, plus new ones git does not ignore) copied to `destination`.
+
+    pip builds in the folder it is given, leaving build/ and *.egg-info behind: building a copy
+    keeps those stale files out of the checkout, and keeps ignored clutter out of the build.
+    """
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():  # a tracked file deleted in the working tree is listed too
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
 def test_wheel_ships_configs_and_runs_elsewhere(tmp_path):
+    source = copy_source_tree(tmp_path / "source")
     target = tmp_path / "site"
     build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                            "--target", str(target), str(ROOT)], capture_output=True, text=True)
+                            "--target", str(target), str(source)], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     assert (target / "dlrun" / "conf" / "config.yaml").is_file()
     assert (target / "dlrun" / "conf" / "model" / "lenet.yaml").is_file()

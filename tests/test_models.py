@@ -10,6 +10,7 @@ import torch
 from conftest import compose_config
 from dlrun.errors import ConfigError
 from dlrun.models import build_model
+from dlrun.models.init import INIT_SCHEMES
 from dlrun.models.summary import summarize
 from dlrun.schema import validate
 
@@ -104,12 +105,13 @@ def test_dropout_reaches_the_sites_and_missing_sites_are_logged(caplog):
     assert "ResNet has no dropout sites: regularization.dropout=0.5 is not used" in caplog.text
 
 
-@pytest.mark.parametrize("scheme", ["xavier", "kaiming", "normal"])
+@pytest.mark.parametrize("scheme", [scheme for scheme in INIT_SCHEMES if scheme != "default"])
 def test_init_schemes_reset_weights_and_zero_biases(scheme):
     cfg = validate(compose_config("model=gru", "model.hidden_size=8", f"model.init={scheme}"))
     model = build_model(cfg.model)
     assert all((p == 0).all() for n, p in model.named_parameters() if "bias" in n)
-    if scheme == "normal":
-        assert model.rnn.weight_hh_l0.std().item() == pytest.approx(0.01, rel=0.2)
-    with pytest.raises(ConfigError, match="model.init='he' is not one of: default, xavier, kaiming, normal"):
+    expected_std = {"normal": 0.01, "standard_normal": 1.0}.get(scheme)
+    if expected_std is not None:
+        assert model.rnn.weight_hh_l0.std().item() == pytest.approx(expected_std, rel=0.2)
+    with pytest.raises(ConfigError, match="model.init='he' is not one of: default, xavier, kaiming, normal, standard_normal"):
         build_model(validate(compose_config("model=mlp", "model.init=he")).model)

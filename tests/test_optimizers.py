@@ -19,10 +19,23 @@ OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
 
+# Small but valid images and widths (as in test_model_training), so a step takes milliseconds;
+# a model not listed runs at its defaults.
+TINY = {
+    "alexnet": ["dataset.resize=67", "model.width_divisor=16", "model.head_width=32"],
+    "vgg": ["dataset.resize=32", "model.width_divisor=16", "model.head_width=32"],
+    "nin": ["dataset.resize=67", "model.width_divisor=16"],
+    "googlenet": ["dataset.resize=32"],
+    "resnet": ["dataset.resize=16"],
+    "densenet": ["dataset.resize=16", "model.growth_rate=8", "model.block_sizes=[2,2]"],
+    "torchvision": ["model.name=shufflenet_v2_x0_5"],
+}
+
+
 @lru_cache(maxsize=None)
 def config_with_model(model_name: str) -> DictConfig:
     """Composed once per model (composition is the slow part); the optimizer is swapped in per test."""
-    return validate(compose_config(f"model={model_name}", "regularization=l2"))
+    return validate(compose_config(f"model={model_name}", "regularization=l2", *TINY.get(model_name, [])))
 
 
 @pytest.mark.parametrize("model_name", MODELS)

@@ -57,6 +57,15 @@ def test_parallel_jobs_follow_the_launcher_and_the_sweep_size():
                                        optuna)) == 2
 
 
+def test_a_recipes_sweeper_params_count_with_the_command_line():
+    recipe = {"max_batch_size": None, "params": {"optimizer": "sgd,momentum,adam,adamw"}}
+    assert parallel_jobs_of(hydra_node({"_target_": JOBLIB, "n_jobs": 8}, ["+experiment=d2l/optimizers"], recipe)) == 4
+    assert parallel_jobs_of(hydra_node({"_target_": JOBLIB, "n_jobs": 16}, ["seed=0,1", "debug=smoke"], recipe)) == 8
+    # A command-line value for a key the recipe sweeps replaces the recipe's, as in Hydra's basic sweeper.
+    assert parallel_jobs_of(hydra_node({"_target_": JOBLIB, "n_jobs": 8}, ["optimizer=sgd,adam"], recipe)) == 2
+    assert parallel_jobs_of(hydra_node({"_target_": JOBLIB, "n_jobs": 8}, ["optimizer=adam"], recipe)) == 1
+
+
 def fake_job(sweep_dir, num: int, overrides: list[str], status: str, best=None, test=None):
     job_dir = sweep_dir / f"{num}_{','.join(overrides)}"
     (job_dir / ".hydra").mkdir(parents=True)

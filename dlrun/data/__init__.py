@@ -62,11 +62,13 @@ def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.G
         parts = {name: part.select(slice(0, subset)) for name, part in parts.items()}
 
     limit = _smallest(cfg.trainer.limit_batches, cfg.debug.limit_batches)
-    # Evaluation sees pixels as floats at the model's size; train-only augmentation goes after it.
-    eval_transform = compose(_to_float(parts["train"]), _resize_transform(list(dataset.input_shape), parts["train"]),
-                             channels_last_transform(cfg.device.channels_last))
-    # Augmentation touches the training batches only, after they have the model's input size.
-    train_transform = compose(eval_transform, build_augment(cfg.regularization.augment, list(dataset.input_shape)))
+    # Every batch becomes floats at the model's size; train-only augmentation goes after that.
+    prepare = compose(_to_float(parts["train"]), _resize_transform(list(dataset.input_shape), parts["train"]))
+    augment = build_augment(cfg.regularization.augment, list(dataset.input_shape))
+    # The memory format comes last: augmentations build new (contiguous NCHW) tensors.
+    to_channels_last = channels_last_transform(cfg.device.channels_last)
+    eval_transform = compose(prepare, to_channels_last)
+    train_transform = compose(prepare, augment, to_channels_last)
     batch_size = cfg.trainer.batch_size
 
     def loader(part: Union[TensorSplit, FileSplit], training: bool) -> Loader:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import collections
 import functools
-import os
 import re
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from dlrun.atomic import atomic_write
 from dlrun.data.splits import DataSplits, TensorSplit
 from dlrun.errors import DataError
 
@@ -123,15 +122,12 @@ def _windows(ids: torch.Tensor, num_steps: int) -> TensorSplit:
 
 def _download(url: str, file: Path) -> None:
     """Fetch `url` to `file` through a temporary file, so an interrupted download leaves nothing behind."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.")
-    os.close(handle)
-    partial = Path(name)
-    try:
+    def fetch(partial: Path) -> None:
         with urllib.request.urlopen(url, timeout=30) as response:
             partial.write_bytes(response.read())
-        partial.replace(file)
+
+    try:
+        atomic_write(file, fetch)
     except Exception as error:  # offline, DNS, HTTP errors, a cut connection: the same advice
-        partial.unlink(missing_ok=True)
         raise DataError(f"download of {url} failed ({error}); download it on a machine with internet "
                         f"and place it at {file} (or set dataset.path)") from None

@@ -22,7 +22,6 @@ class LayerRow:
 class ModelSummary:
     rows: list[LayerRow]
     total_params: int
-    trainable_params: int
     flops: int  # forward FLOPs for one example (a multiply-add counts as 2)
 
     def table(self) -> Table:
@@ -35,11 +34,6 @@ class ModelSummary:
         for row in self.rows:
             table.add_row(row.name, row.kind, str(list(row.output_shape)), f"{row.params:,}", _human(row.flops))
         return table
-
-    def as_dict(self) -> dict:
-        return {"total_params": self.total_params, "trainable_params": self.trainable_params,
-                "flops_per_example": self.flops,
-                "layers": [row.__dict__ | {"output_shape": list(row.output_shape)} for row in self.rows]}
 
 
 def summarize(model: nn.Module, example: torch.Tensor) -> ModelSummary:
@@ -68,8 +62,7 @@ def summarize(model: nn.Module, example: torch.Tensor) -> ModelSummary:
         for handle in hooks:
             handle.remove()
     total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return ModelSummary(rows, total, trainable, sum(row.flops for row in rows))
+    return ModelSummary(rows, total, sum(row.flops for row in rows))
 
 
 def _layer_flops(module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> int:
