@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlrun.models.layers import dry_run_shape
+from dlrun.models.layers import dry_run_shape, stem_7x7
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -45,11 +45,7 @@ class DenseNet(nn.Module):
         if not block_sizes or min(block_sizes) < 1 or growth_rate < 1:
             raise ValueError(f"block_sizes must be a non-empty list of ints >= 1 and growth_rate >= 1, "
                              f"got {block_sizes} and {growth_rate}")
-        layers: list[nn.Module] = [
-            nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3),
-            nn.BatchNorm2d(64), nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
-        ]
+        layers: list[nn.Module] = stem_7x7(input_shape[0])
         channels = 64
         for index, num_convs in enumerate(block_sizes):
             block = DenseBlock(num_convs, channels, growth_rate)

@@ -68,3 +68,9 @@ def conv_relu(in_channels: int, out_channels: int, batch_norm: bool, **conv_args
     """Conv2d, then BatchNorm2d when asked, then ReLU: the unit most CNN families repeat."""
     norm = [nn.BatchNorm2d(out_channels)] if batch_norm else []
     return [nn.Conv2d(in_channels, out_channels, **conv_args), *norm, nn.ReLU()]
+
+
+def stem_7x7(in_channels: int) -> list[nn.Module]:
+    """d2l's first block of ResNet and DenseNet: 7x7/2 conv to 64 channels, batch norm, ReLU, 3x3/2 max-pool."""
+    return [nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1)]

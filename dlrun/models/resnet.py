@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlrun.models.layers import dry_run_shape
+from dlrun.models.layers import dry_run_shape, stem_7x7
 
 # Basic (two 3x3 conv) blocks per stage; the 18- and 34-layer nets of He et al.
 BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
@@ -38,11 +38,7 @@ class ResNet(nn.Module):
         super().__init__()
         if depth not in BLOCKS_PER_STAGE:
             raise ValueError(f"depth {depth} is not one of: {', '.join(map(str, BLOCKS_PER_STAGE))}")
-        layers: list[nn.Module] = [
-            nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3),
-            nn.BatchNorm2d(64), nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
-        ]
+        layers: list[nn.Module] = stem_7x7(input_shape[0])
         channels = 64
         for stage, num_blocks in enumerate(BLOCKS_PER_STAGE[depth]):
             out_channels = 64 * 2 ** stage
