@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 from hydra.utils import get_object
@@ -27,11 +27,6 @@ def partition_parameters(model: nn.Module, decay_bias_and_norm: bool) -> tuple[l
     return regularized, exempt
 
 
-def regularized_parameters(model: nn.Module, decay_bias_and_norm: bool) -> list[nn.Parameter]:
-    """The trainable parameters weight decay and L1 act on (see partition_parameters)."""
-    return partition_parameters(model, decay_bias_and_norm)[0]
-
-
 def parameter_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: bool) -> list[dict[str, Any]]:
     """L2 weight decay as optimizer parameter groups: decayed parameters, then the exempt ones."""
     # Without decay, one group in the model's parameter order (the optimizer state's indices).
@@ -40,9 +35,18 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm:
                                 {"params": exempt, "weight_decay": 0.0}) if group["params"]]
 
 
-def l1_penalty(parameters: list[nn.Parameter], strength: float) -> torch.Tensor:
-    """strength · Σ|w|: added to the loss, it adds strength · sign(w) to each gradient."""
-    return strength * torch.stack([p.abs().sum() for p in parameters]).sum()
+def build_l1_penalty(model: nn.Module, strength: float,
+                     decay_bias_and_norm: bool) -> Optional[Callable[[], torch.Tensor]]:
+    """strength · Σ|w| over the parameters weight decay acts on, as a term to add to the loss
+    (it adds strength · sign(w) to each gradient); None when `strength` is 0."""
+    if not strength:
+        return None
+    parameters = partition_parameters(model, decay_bias_and_norm)[0]
+
+    def penalty() -> torch.Tensor:
+        return strength * torch.stack([p.abs().sum() for p in parameters]).sum()
+
+    return penalty
 
 
 def build_optimizer(optimizer_cfg: DictConfig, model: nn.Module, regularization: DictConfig) -> torch.optim.Optimizer:

@@ -9,7 +9,6 @@ import logging
 import math
 import random
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -27,7 +26,7 @@ from dlrun.errors import ConfigError, TrainingDiverged
 from dlrun.kfold import train_folds
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
-from dlrun.optim import build_optimizer, l1_penalty, regularized_parameters
+from dlrun.optim import build_l1_penalty, build_optimizer
 from dlrun.precision import Precision
 from dlrun.rundir import (SUMMARY_FILE, RunStatus, clear_training_outputs, completed_result, config_fingerprint,
                           environment, find_latest_run, write_json)
@@ -102,10 +101,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
     optimizer = build_optimizer(cfg.optimizer, model, regularization)
     scheduler = build_scheduler(cfg.scheduler, optimizer, epochs, len(data.train), monitor, task.mode)
     grad_clip = task.default_grad_clip if regularization.grad_clip is None else regularization.grad_clip
-    penalty = None
-    if regularization.l1:
-        penalized = regularized_parameters(model, regularization.decay_bias_and_norm)
-        penalty = partial(l1_penalty, penalized, regularization.l1)
+    penalty = build_l1_penalty(model, regularization.l1, regularization.decay_bias_and_norm)
     checkpoints = run_dir / "checkpoints"
     # What a checkpoint carries across a resume; `history` is the last epoch's metrics.
     progress: dict[str, Any] = {"epoch": 0, "best_value": None, "best_epoch": None, "resumed_from": None,

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import dlrun.train
 from conftest import compose_config, read_json
 from dlrun.errors import ConfigError
-from dlrun.optim import l1_penalty, regularized_parameters
+from dlrun.optim import build_l1_penalty
 from dlrun.schema import validate
 from dlrun.train import run
 
@@ -31,7 +31,7 @@ def test_l1_adds_exactly_lambda_sign_w_to_the_gradient(decay_bias_and_norm):
         model.zero_grad()
         loss = F.mse_loss(model(inputs), targets)
         if with_l1:
-            loss = loss + l1_penalty(regularized_parameters(model, decay_bias_and_norm), strength)
+            loss = loss + build_l1_penalty(model, strength, decay_bias_and_norm)()
         loss.backward()
         return {name: p.grad.clone() for name, p in model.named_parameters()}
 
