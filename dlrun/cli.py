@@ -6,7 +6,8 @@ HYDRA_FULL_ERROR=1 to see the full traceback.
 
 In a multirun the jobs may run in other processes (joblib, submitit), so their outcome is
 read back from their run directories by the sweep's leaderboard (dlrun.sweep), and the exit
-code is non-zero when any job did not complete.
+code is non-zero when any job did not complete. A stop signal (dlrun.preemption) ends the
+run, or the whole sweep, after saving; the exit code is then 128 + the signal number.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dlrun import sweep
 from dlrun.errors import DlrunError, find_cause
+from dlrun.preemption import Interrupted
 from dlrun.schema import describe_omegaconf_error
 
 
@@ -47,6 +49,9 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra_app()
+    except Interrupted as stopped:  # a stop signal: the run saved where it stood (a sweep stops too)
+        print(f"dlrun: interrupted: {stopped}", file=sys.stderr)
+        sys.exit(stopped.exit_code)
     except KeyboardInterrupt:
         print("dlrun: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -2,7 +2,8 @@
 
 Each fold is a full run in `<run_dir>/fold_<k>/` (its own checkpoints, TensorBoard events and
 summary.json); the run directory's summary.json lists every fold's final metrics and their
-mean and standard deviation, which are also printed as a table.
+mean and standard deviation, which are also printed as a table. An interrupted K-fold run
+continues fold by fold: completed folds are kept, the interrupted one goes on from its last.pt.
 """
 
 from __future__ import annotations
@@ -11,21 +12,26 @@ import logging
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig
 from rich.table import Table
 
 from dlrun import logs
-from dlrun.rundir import SUMMARY_FILE, write_json
+from dlrun.checkpoint import LAST
+from dlrun.rundir import SUMMARY_FILE, clear_training_outputs, read_json, write_json
 
 log = logging.getLogger("dlrun")
 SPLITS = ("train/", "val/", "test/")
 
 
-def train_folds(cfg: DictConfig, run_dir: Path, fingerprint: str,
-                train: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    """Call `train(cfg, fold_dir, fingerprint, fold=k)` for every fold; summarize them all."""
+def train_folds(cfg: DictConfig, run_dir: Path, epochs: int, in_place: bool,
+                train_fold: Callable[[int, Path, Optional[Path]], dict[str, Any]]) -> dict[str, Any]:
+    """Call `train_fold(k, fold_dir, checkpoint)` for every fold; summarize them all.
+
+    Continuing the run in place (`in_place`), a fold that completed is not trained again and
+    an unfinished one continues from its own last.pt (`checkpoint`; None: from scratch).
+    """
     started = time.perf_counter()
     folds = cfg.trainer.kfold
     rows = []
@@ -33,7 +39,13 @@ def train_folds(cfg: DictConfig, run_dir: Path, fingerprint: str,
         log.info("fold %d/%d", fold + 1, folds)
         fold_dir = run_dir / f"fold_{fold}"
         fold_dir.mkdir(parents=True, exist_ok=True)
-        summary = train(cfg, fold_dir, fingerprint, fold=fold)
+        summary = _completed_fold(fold_dir, epochs) if in_place else None
+        if summary is None:
+            last = fold_dir / "checkpoints" / LAST
+            source = last if in_place and last.exists() else None
+            if source is None:
+                clear_training_outputs(fold_dir)
+            summary = train_fold(fold, fold_dir, source)
         metrics = {name: value for name, value in {**summary["final"], **summary["test"]}.items()
                    if name.startswith(SPLITS)}
         rows.append({"fold": fold, "best_epoch": summary["best_epoch"], **metrics})
@@ -64,3 +76,15 @@ def _table(rows: list[dict[str, Any]], names: list[str], mean: dict[str, float],
         table.add_row(str(row["fold"]), *(f"{row[name]:.4f}" for name in names))
     table.add_row("mean ± std", *(f"{mean[name]:.4f} ± {std[name]:.4f}" for name in names), style="bold")
     return table
+
+
+def _completed_fold(fold_dir: Path, epochs: int) -> Optional[dict[str, Any]]:
+    """The fold's summary.json when it has nothing left to train, else None."""
+    try:
+        summary = read_json(fold_dir / SUMMARY_FILE)
+    except (OSError, ValueError):
+        return None
+    finished = summary.get("epochs_completed", 0) >= epochs or summary.get("stopped_early") is not None
+    if finished:
+        log.info("fold %s completed earlier: %s", fold_dir.name, fold_dir / SUMMARY_FILE)
+    return summary if finished else None

@@ -6,12 +6,14 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Iterable, Iterator, Optional, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from torch.utils.tensorboard import SummaryWriter
+
+from dlrun.atomic import atomic_write
 
 log = logging.getLogger("dlrun")
 console = Console()
@@ -23,18 +25,34 @@ class MetricsLog:
 
     The event file also carries a custom-scalars layout that draws `train/<m>` and `val/<m>`
     on one chart for each of `overlay` (e.g. loss and acc): over- and under-fitting at a glance.
+
+    Continuing a run in place (`continue_from`: the checkpoint's completed epochs and its count
+    of metrics.jsonl lines), the lines written after that checkpoint are dropped and TensorBoard
+    is told to purge the steps after it (`purge_step`), so every epoch appears once, in order,
+    in one TensorBoard run.
     """
 
-    def __init__(self, run_dir: Path, overlay: Iterable[str] = ("loss",)) -> None:
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
-        self.writer.add_custom_scalars(overlay_layout(overlay))
-        self.jsonl = open(Path(run_dir) / "metrics.jsonl", "a")
+    def __init__(self, run_dir: Path, overlay: Iterable[str] = ("loss",),
+                 continue_from: Optional[tuple[int, int]] = None) -> None:
+        jsonl_path = Path(run_dir) / "metrics.jsonl"
+        purge_step = None
+        if continue_from is not None:
+            epoch, lines = continue_from
+            purge_step = epoch + 1
+            self.lines = keep_first_lines(jsonl_path, lines)
+        else:
+            self.lines = 0
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=purge_step)
+        if continue_from is None:  # the layout is written once per run, at its start
+            self.writer.add_custom_scalars(overlay_layout(overlay))
+        self.jsonl = open(jsonl_path, "a")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
             self.writer.add_scalar(name, value, step)
         self.jsonl.write(json.dumps({"epoch": step, **metrics}) + "\n")
         self.jsonl.flush()
+        self.lines += 1
         self.writer.flush()
 
     def write_text(self, tag: str, text: str, step: int) -> None:
@@ -52,6 +70,17 @@ class MetricsLog:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def keep_first_lines(path: Path, count: int) -> int:
+    """Cut a JSON-lines file to its first `count` complete lines (atomically); return how many remain."""
+    if not path.exists():
+        return 0
+    complete = [line for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+    kept = complete[:count]
+    if len(kept) != len(complete) or path.stat().st_size != sum(len(line.encode()) for line in kept):
+        atomic_write(path, lambda temporary: temporary.write_text("".join(kept)))
+    return len(kept)
 
 
 def overlay_layout(metrics: Iterable[str]) -> dict[str, dict[str, list]]:

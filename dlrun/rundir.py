@@ -1,15 +1,21 @@
-"""What a run directory says about itself: status.json, summary.json and their ingredients."""
+"""What a run directory says about itself: status.json, summary.json and their ingredients.
+
+A run directory is one run from start to end, whatever stopped it in between: resumed
+attempts continue in it (dlrun.resume), and status.json lists them.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,34 +50,105 @@ def config_fingerprint(cfg: DictConfig) -> str:
 
 
 class RunStatus:
-    """status.json: running → completed | failed | diverged | interrupted, with the error."""
+    """status.json: what the run is doing now, and what each attempt at it did.
 
-    def __init__(self, run_dir: Path, fingerprint: Optional[str]) -> None:
+    Top level: `status` (running → completed | failed | diverged | interrupted), the
+    `config_fingerprint`, `started` (the first attempt), `updated`, the `host` and `pid` of the
+    process writing it (so a `running` run whose process is gone reads as stale), and the
+    outcome of the latest attempt (`error`, `exit_code`; `signal`, `epoch`, `step` for a stop).
+    `attempts` lists every attempt in this directory: started, ended, host, pid, overrides,
+    `from` (the checkpoint position it continued from, null for a fresh start) and outcome.
+    """
+
+    def __init__(self, run_dir: Path, fingerprint: Optional[str], overrides: Iterable[str] = ()) -> None:
         self.path = Path(run_dir) / STATUS_FILE
-        self.started = time.time()
-        self.fields: dict[str, Any] = {"config_fingerprint": fingerprint}
+        self.fingerprint = fingerprint
+        previous = read_status(run_dir)
+        same_run = previous is not None and fingerprint is not None and previous.get("config_fingerprint") == fingerprint
+        self.attempts: list[dict[str, Any]] = list(previous.get("attempts") or [_legacy_attempt(previous)]) if same_run else []
+        now = _iso(time.time())
+        self.started = previous.get("started", now) if same_run else now
+        self.attempt: dict[str, Any] = {"started": now, "ended": None, "host": socket.gethostname(),
+                                        "pid": os.getpid(), "overrides": list(overrides), "from": None,
+                                        "outcome": "running"}
+        self.attempts.append(self.attempt)
 
-    def write(self, status: str, **fields: Any) -> None:
-        self.fields.update(fields)
-        write_json(self.path, {"status": status, "started": _iso(self.started), "updated": _iso(time.time()),
-                               **self.fields})
+    def continuing_from(self, where: Optional[dict[str, Any]]) -> None:
+        """Record where this attempt starts: {"checkpoint", "epoch", "step"} or None for a fresh start."""
+        self.attempt["from"] = where
+
+    def write(self, status: str, **outcome: Any) -> None:
+        """Set the status; `outcome` (error, exit_code, signal, epoch, step) describes this attempt's end."""
+        now = _iso(time.time())
+        self.attempt["outcome"] = status
+        self.attempt["ended"] = None if status == "running" else now
+        self.attempt.update({key: value for key, value in outcome.items() if key in ("error", "exit_code", "signal", "epoch", "step")})
+        write_json(self.path, {"status": status, "config_fingerprint": self.fingerprint, "started": self.started,
+                               "updated": now, "host": self.attempt["host"], "pid": self.attempt["pid"],
+                               "pid_started": _process_start(os.getpid()), **outcome, "attempts": self.attempts})
 
 
-def completed_result(run_dir: Path, fingerprint: str, epochs: int) -> Optional[dict[str, Any]]:
-    """summary.json of `run_dir` if it completed `epochs` epochs of this config, else None."""
+def read_status(run_dir: Path) -> Optional[dict[str, Any]]:
+    """status.json of `run_dir`, or None when there is none (or it cannot be read)."""
     try:
-        status = read_json(Path(run_dir) / STATUS_FILE)
+        return read_json(Path(run_dir) / STATUS_FILE)
+    except (OSError, ValueError):
+        return None
+
+
+def effective_status(status: dict[str, Any]) -> str:
+    """The recorded status, except `stale` for a `running` run whose process is gone from this host."""
+    if status.get("status") == "running" and process_alive(status) is False:
+        return "stale"
+    return status.get("status", "missing")
+
+
+def process_alive(status: dict[str, Any]) -> Optional[bool]:
+    """Whether the process that wrote `status` still runs: None when it ran on another host (unknown)."""
+    pid = status.get("pid")
+    if status.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive, but is it ours? the start time says
+        pass
+    started = status.get("pid_started")
+    return started is None or _process_start(pid) in (None, started)  # a reused pid started later
+
+
+def completed_summary(run_dir: Path, fingerprint: str, epochs: int) -> Optional[dict[str, Any]]:
+    """summary.json of `run_dir` if it completed this config with nothing left to train, else None.
+
+    Nothing is left when it trained `epochs` epochs (or more), or early stopping ended it.
+    """
+    status = read_status(run_dir)
+    try:
         summary = read_json(Path(run_dir) / SUMMARY_FILE)
     except (OSError, ValueError):
         return None
-    same = status.get("status") == "completed" and status.get("config_fingerprint") == fingerprint
-    return summary if same and summary.get("epochs_completed") == epochs else None
+    if status is None or status.get("status") != "completed" or status.get("config_fingerprint") != fingerprint:
+        return None
+    finished = summary.get("epochs_completed", 0) >= epochs or summary.get("stopped_early") is not None
+    return summary if finished else None
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """A last.pt to continue from: the run's own, or (trainer.kfold) any fold's."""
+    return last_checkpoint_time(run_dir) is not None
+
+
+def last_checkpoint_time(run_dir: Path) -> Optional[float]:
+    """Modification time of the newest last.pt of the run (or of its folds), None when there is none."""
+    paths = [Path(run_dir) / "checkpoints" / "last.pt", *Path(run_dir).glob("fold_*/checkpoints/last.pt")]
+    times = [path.stat().st_mtime for path in paths if path.exists()]
+    return max(times) if times else None
 
 
 def clear_training_outputs(run_dir: Path) -> None:
-    """Remove an earlier attempt's event files, checkpoints and metrics, so a rerun starts clean."""
-    for name in TRAINING_OUTPUTS:
-        path = Path(run_dir) / name
+    """Remove an earlier attempt's event files, checkpoints, metrics and folds, so a rerun starts clean."""
+    for path in [*(Path(run_dir) / name for name in TRAINING_OUTPUTS), *Path(run_dir).glob("fold_*")]:
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
@@ -105,20 +182,34 @@ def git_commit() -> Optional[str]:
 
 
 def find_latest_run(output_root: Path, fingerprint: str, exclude: Path) -> Optional[Path]:
-    """The most recent run under `output_root` with this config and a last checkpoint."""
+    """The run under `output_root` with this config and the most recently written checkpoint."""
     candidates = []
     for status_file in Path(output_root).glob(f"**/{STATUS_FILE}"):
         run_dir = status_file.parent
-        last = run_dir / "checkpoints" / "last.pt"
-        if run_dir.resolve() == Path(exclude).resolve() or not last.exists():
+        if run_dir.resolve() == Path(exclude).resolve() or run_dir.name.startswith("fold_"):
             continue
-        try:
-            if read_json(status_file).get("config_fingerprint") == fingerprint:
-                candidates.append((last.stat().st_mtime, run_dir))
-        except (OSError, ValueError):
-            continue
-    return max(candidates)[1] if candidates else None
+        status = read_status(run_dir)
+        saved = last_checkpoint_time(run_dir)
+        if status is not None and status.get("config_fingerprint") == fingerprint and saved is not None:
+            candidates.append((saved, str(run_dir)))
+    return Path(max(candidates)[1]) if candidates else None
 
 
 def _iso(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(timestamp))
+
+
+def _process_start(pid: int) -> Optional[int]:
+    """When process `pid` started (clock ticks since boot, Linux), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[19])  # field 22, counted after the command name
+
+
+def _legacy_attempt(status: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """A status.json written before attempts were recorded, as one attempt."""
+    status = status or {}
+    return {"started": status.get("started"), "ended": status.get("updated"), "host": status.get("host"),
+            "pid": status.get("pid"), "overrides": None, "from": None, "outcome": status.get("status")}

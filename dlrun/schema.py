@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import types
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
@@ -34,8 +36,11 @@ class TrainerConfig:
     epochs: int = 20
     batch_size: int = 64
     limit_batches: Optional[int] = None
-    resume: Optional[str] = None
+    resume: Optional[str] = None  # auto | a run directory (continued in place) | a checkpoint file (a new run)
     kfold: Optional[int] = None  # K-fold cross-validation: K runs, val = one fold each
+    # last.pt inside epochs too: every N optimizer steps and/or every M minutes (null = off).
+    save_every_steps: Optional[int] = None
+    save_every_minutes: Optional[float] = 10.0
 
 
 @dataclass
@@ -221,7 +226,7 @@ def _check_group(group: str, options: dict[str, Any]) -> None:
             valid = sorted((set(parameters) - RUNTIME_ARGS[group]) | META_KEYS[group])
             raise ConfigError(f"unknown key '{group}.{key}'; valid keys for {target}: {', '.join(valid)}")
         if key in parameters:
-            _check_type(f"{group}.{key}", options[key], parameters[key].annotation)
+            _check_type(f"{group}.{key}", options[key], parameters[key].annotation, parameters[key].default)
     for name, parameter in parameters.items():
         required = parameter.default is inspect.Parameter.empty and parameter.kind in (
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -235,8 +240,16 @@ _PLAIN_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,),
                 "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
 
-def _check_type(key: str, value: Any, annotation: Any) -> None:
-    """Check values whose annotation is a plain scalar type; richer annotations are left to the target."""
+def _check_type(key: str, value: Any, annotation: Any, default: Any = inspect.Parameter.empty) -> None:
+    """Check values whose annotation is a plain scalar type or a fixed-length tuple; others are the target's."""
+    length = _tuple_length(annotation)
+    if length is not None and value is not None:
+        if not isinstance(value, (list, tuple)) or len(value) != length:
+            example = default if isinstance(default, tuple) and len(default) == length else None
+            form = f"[{','.join(str(item) for item in example)}]" if example else f"a list of {length} values"
+            raise ConfigError(f"wrong value for '{key}': expected a list of {length} values, e.g. {key}={form}; "
+                              f"got {value!r}")
+        return
     accepted = _PLAIN_TYPES.get(annotation)
     if accepted is None or value is None:
         return
@@ -245,6 +258,17 @@ def _check_type(key: str, value: Any, annotation: Any) -> None:
     if not isinstance(value, accepted):
         expected = annotation if isinstance(annotation, str) else annotation.__name__
         raise ConfigError(f"wrong type for '{key}': expected {expected}, got {value!r}")
+
+
+def _tuple_length(annotation: Any) -> Optional[int]:
+    """n for `tuple[X, Y, ...n types]` (also inside `Optional[...]` / `X | None`); None for anything else."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        lengths = {_tuple_length(member) for member in typing.get_args(annotation)} - {None}
+        return lengths.pop() if len(lengths) == 1 else None
+    arguments = typing.get_args(annotation)
+    if typing.get_origin(annotation) is tuple and arguments and Ellipsis not in arguments:
+        return len(arguments)
+    return None
 
 
 def _check_scheduler(scheduler: dict[str, Any]) -> None:
@@ -291,8 +315,10 @@ def _check_ranges(c: dict[str, Any]) -> None:
     require(trainer["batch_size"] >= 1, "trainer.batch_size", trainer["batch_size"], "must be >= 1")
     kfold = trainer["kfold"]
     require(kfold is None or kfold >= 2, "trainer.kfold", kfold, "must be >= 2 or null")
-    if kfold and trainer["resume"]:
-        raise ConfigError("trainer.resume cannot continue a trainer.kfold run; start it again")
+    every = trainer["save_every_steps"]
+    require(every is None or every >= 1, "trainer.save_every_steps", every, "must be >= 1 or null (off)")
+    minutes = trainer["save_every_minutes"]
+    require(minutes is None or minutes > 0, "trainer.save_every_minutes", minutes, "must be > 0 or null (off)")
     for section in ("trainer", "debug"):
         value = c[section]["limit_batches"]
         require(value is None or value >= 1, f"{section}.limit_batches", value, "must be >= 1 or null")

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dlrun.device import PARALLEL_JOBS_ENV
-from dlrun.rundir import STATUS_FILE, SUMMARY_FILE, read_json, write_json
+from dlrun.rundir import STATUS_FILE, SUMMARY_FILE, effective_status, read_json, read_status, write_json
 
 SUMMARY_CSV = "summary.csv"
 CSV_COLUMNS = ("job", "name", "overrides", "status", "monitor", "best_value", "test_metric", "test_value",
@@ -41,7 +41,7 @@ class JobResult:
     job: int
     name: str  # the job directory: `<job number>_<overrides>`, also its run name in TensorBoard
     overrides: list[str]  # the compared overrides (output paths and resume keys left out)
-    status: str  # completed | failed | diverged | interrupted | running | missing
+    status: str  # completed | failed | diverged | interrupted | running | stale (process gone) | missing
     monitor: Optional[str] = None  # e.g. val/acc
     mode: Optional[str] = None  # max | min
     best_value: Optional[float] = None
@@ -106,10 +106,12 @@ def read_job(job_dir: Path) -> JobResult:
         number = str(hydra_cfg.job.get("num", number))
     job = JobResult(job=int(number) if number.isdigit() else -1, name=job_dir.name, overrides=overrides,
                     status="missing", exit_code=1)
-    if (job_dir / STATUS_FILE).exists():
-        status = read_json(job_dir / STATUS_FILE)
-        job.status, job.error = status["status"], status.get("error")
+    status = read_status(job_dir)
+    if status is not None:
+        job.status, job.error = effective_status(status), status.get("error")
         job.exit_code = 0 if job.status == "completed" else status.get("exit_code", 1)
+        if job.status == "stale":
+            job.error = f"status says running, but its process ({status.get('pid')}) is gone: killed or crashed"
     if job.status == "completed" and (job_dir / SUMMARY_FILE).exists():
         summary = read_json(job_dir / SUMMARY_FILE)
         job.monitor, job.mode, job.best_value = summary["monitor"], summary.get("mode"), summary["best_value"]

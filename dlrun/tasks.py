@@ -3,7 +3,8 @@
 Per batch a task returns a small tensor of sums that stays on the device; the loop adds
 them up and reads them once per epoch, so no step waits for the host. Tasks that need more
 than a forward pass per batch (a language model's hidden state, its text samples) do it
-through the hooks `start_pass` and `epoch_texts`, so the loop stays the same for every task.
+through the hooks `start_pass`, `carried_state` and `epoch_texts`, so the loop stays the same for
+every task.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ class Task:
     def epoch_texts(self, model: torch.nn.Module) -> dict[str, str]:
         """Text to log at the end of a training epoch (TensorBoard's TEXT tab), by tag."""
         return {}
+
+    def carried_state(self) -> Any:
+        """What the task carries from one batch to the next (tensors), saved with a mid-epoch position."""
+        return None
+
+    def restore_carried_state(self, state: Any) -> None:
+        """Continue a pass where `carried_state` was taken (called after `start_pass`)."""
 
 
 class Classification(Task):
@@ -137,6 +145,12 @@ class LanguageModel(Task):
 
     def start_pass(self, training: bool) -> None:
         self.state = None
+
+    def carried_state(self) -> Any:
+        return self.state
+
+    def restore_carried_state(self, state: Any) -> None:
+        self.state = state
 
     def forward(self, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         outputs, state = model(inputs, state=self.state, return_state=True)

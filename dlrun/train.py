@@ -1,6 +1,8 @@
 """The training run: build everything from the config, then epochs of train → validate → checkpoint.
 
 `run(cfg)` is what the CLI calls and what tests call with a config from Hydra's compose API.
+Which run an attempt continues is dlrun.resume's; when last.pt is written (epoch ends, a
+schedule inside epochs, stop signals) is dlrun.saving's; signals themselves dlrun.preemption's.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import logging
 import math
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -20,16 +23,19 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dlrun import checkpoint, hparams, logs
+from dlrun.checkpoint import EpochPosition
 from dlrun.data import Loader, build_data
 from dlrun.device import configure_backends, prepare_model, select_device
-from dlrun.errors import ConfigError, TrainingDiverged
+from dlrun.errors import CheckpointError, DlrunError, TrainingDiverged
 from dlrun.kfold import train_folds
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
 from dlrun.optim import build_l1_penalty, build_optimizer
 from dlrun.precision import Precision
-from dlrun.rundir import (SUMMARY_FILE, RunStatus, clear_training_outputs, completed_result, config_fingerprint,
-                          environment, find_latest_run, write_json)
+from dlrun.preemption import Interrupted, StopSignals
+from dlrun.resume import move_into, plan_resume
+from dlrun.rundir import SUMMARY_FILE, RunStatus, clear_training_outputs, config_fingerprint, environment, write_json
+from dlrun.saving import Checkpointer, SaveSchedule, check_finite
 from dlrun.schedulers import Scheduler, build_scheduler
 from dlrun.schema import validate
 from dlrun.tasks import Task, build_task
@@ -38,50 +44,78 @@ log = logging.getLogger("dlrun")
 
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Validate `cfg`, train, test on the best checkpoint; return what summary.json holds.
+    """Validate `cfg`, train (or continue a run), test on the best checkpoint; return what summary.json holds.
 
-    `run_dir` defaults to Hydra's output directory. status.json tracks the outcome; a
-    failure is recorded there and re-raised for the caller.
+    `run_dir` defaults to Hydra's output directory; continuing a run happens in that run's own
+    directory instead (dlrun.resume). status.json tracks the outcome and the attempts; a
+    failure is recorded there and re-raised for the caller. A stop signal ends the run after
+    saving where it stands, with `preemption.Interrupted` (exit code 128 + the signal).
     """
     run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(cfg)
+    with StopSignals() as stop:
+        return _run(cfg, run_dir, stop)
+
+
+def _run(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
     try:
         cfg = validate(cfg)
-    except ConfigError as error:
+        fingerprint = config_fingerprint(cfg)
+        plan = plan_resume(cfg, run_dir, fingerprint, planned_epochs(cfg), _in_multirun())
+    except DlrunError as error:
         if run_dir.exists():  # Hydra made it already: say there why nothing ran
             RunStatus(run_dir, fingerprint=None).write("failed", error=str(error), exit_code=error.exit_code)
         raise
+    move_into(run_dir, plan.run_dir)  # continuing another run directory: one run directory remains
+    run_dir = plan.run_dir
+    if plan.done is not None:
+        log.info("skipped: %s already completed %s epochs of this config", run_dir, plan.done.get("epochs_completed"))
+        return plan.done
     run_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = config_fingerprint(cfg)
-    if cfg.sweep.resume:  # finishing a sweep: this job's directory may hold its result already
-        done = completed_result(run_dir, fingerprint, planned_epochs(cfg))
-        if done is not None:
-            log.info("skipped: %s already completed this config (sweep.resume)", run_dir)
-            return done
+    if plan.clear:
         clear_training_outputs(run_dir)
-    status = RunStatus(run_dir, fingerprint)
+    status = RunStatus(run_dir, fingerprint, hparams.overrides())
     status.write("running")
     try:
         if cfg.trainer.kfold:
-            summary = train_folds(cfg, run_dir, fingerprint, train)
+            summary = train_folds(cfg, run_dir, planned_epochs(cfg), plan.in_place,
+                                  lambda fold, fold_dir, source: train(cfg, fold_dir, fold=fold, resume_from=source,
+                                                                       in_place=source is not None, stop=stop,
+                                                                       status=status))
         else:
-            summary = train(cfg, run_dir, fingerprint)
+            summary = train(cfg, run_dir, resume_from=plan.checkpoint, in_place=plan.in_place, stop=stop,
+                            status=status)
+    except Interrupted as stopped:
+        status.write("interrupted", error=str(stopped), exit_code=stopped.exit_code, signal=stopped.signal_name,
+                     epoch=stopped.epoch, step=stopped.step)
+        log.info("continue with: %s", _continue_command(run_dir))
+        raise
     except TrainingDiverged as error:
         status.write("diverged", error=str(error), exit_code=error.exit_code)
         raise
     except KeyboardInterrupt:
-        status.write("interrupted", error="interrupted (KeyboardInterrupt); last.pt holds the last full epoch",
+        status.write("interrupted", error="interrupted (KeyboardInterrupt); last.pt holds the last save",
                      exit_code=130)
         raise
     except BaseException as error:
         status.write("failed", error=f"{type(error).__name__}: {error}", exit_code=getattr(error, "exit_code", 1))
         raise
     status.write("completed")
+    if stop.requested:  # it came too late to stop the run; it still stops a sweep before its next job
+        raise stop.interrupted(f"{stop.name} received as the run completed; the run is complete")
     return summary
 
 
-def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] = None) -> dict[str, Any]:
-    """One training run; with `fold`, validation is that fold of trainer.kfold (see dlrun.kfold)."""
+def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_from: Optional[Path] = None,
+          in_place: bool = False, stop: Optional[StopSignals] = None,
+          status: Optional[RunStatus] = None) -> dict[str, Any]:
+    """One training run in `run_dir`; with `fold`, validation is that fold of trainer.kfold (see dlrun.kfold).
+
+    `resume_from` is a checkpoint to continue from; `in_place` says it belongs to this run, whose
+    metrics.jsonl lines and TensorBoard steps after it are then dropped. `stop` is polled for stop
+    signals (never, when None); `status` records where this attempt started.
+    """
     started = time.perf_counter()
+    stop = stop if stop is not None else StopSignals()  # not entered: never requested
     device = select_device(cfg.device.type, job_num=HydraConfig.get().job.num if _in_multirun() else 0)
     configure_backends(cfg.device)
     precision = Precision(cfg.device.amp, device)
@@ -103,19 +137,19 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
     grad_clip = task.default_grad_clip if regularization.grad_clip is None else regularization.grad_clip
     penalty = build_l1_penalty(model, regularization.l1, regularization.decay_bias_and_norm)
     checkpoints = run_dir / "checkpoints"
-    # What a checkpoint carries across a resume; `history` is the last epoch's metrics.
-    progress: dict[str, Any] = {"epoch": 0, "best_value": None, "best_epoch": None, "resumed_from": None,
-                                "stopped_early": None, "history": {}}
+    objects = checkpoint.TrainingObjects(model, optimizer, scheduler, precision, shuffle_generator)
+    progress = checkpoint.Progress()
 
-    if cfg.trainer.resume:
-        resume = str(cfg.trainer.resume)
-        latest = find_latest_run(Path(cfg.output_root), fingerprint, exclude=run_dir) if resume == "auto" else None
-        source = checkpoint.resolve_resume_path(resume, latest)
-        progress.update(checkpoint.restore_training_state(source, model, optimizer, scheduler, precision,
-                                                          shuffle_generator, checkpoints))
-        log.info("resuming from %s after epoch %d", source, progress["epoch"])
-        if progress["epoch"] >= epochs:
-            log.info("nothing left to train: the checkpoint is at epoch %d of %d; testing it", progress["epoch"], epochs)
+    if resume_from is not None:
+        progress = checkpoint.restore_training_state(resume_from, objects, device, checkpoints)
+        _check_position_fits(progress.position, data.train, resume_from)
+        where = _resume_point(progress)
+        log.info("resuming from %s (%s)", resume_from, where["position"])
+        if status is not None and status.attempt["from"] is None:
+            status.continuing_from({"checkpoint": str(resume_from), **where})
+            status.write("running")
+        if progress.epoch >= epochs or progress.stopped_early is not None:
+            log.info("nothing left to train: the checkpoint is at epoch %d of %d; testing it", progress.epoch, epochs)
 
     # An example from the test loader: it is not augmented, so no random numbers are drawn
     # here (an exact resume depends on the RNG streams being untouched).
@@ -124,17 +158,33 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
     device_line = f"{device}, {torch.get_num_threads()} CPU threads"
     logs.show_start(hparams.group_choices(), hparams.overrides(), device_line, summary.table())
 
-    with logs.MetricsLog(run_dir, overlay=("loss", task.metric)) as metrics_log:
-        for epoch in range(progress["epoch"] + 1, epochs + 1):
-            epoch_started = time.perf_counter()
+    continue_from = (progress.epoch, progress.metrics_lines) if in_place and resume_from is not None else None
+    with logs.MetricsLog(run_dir, overlay=("loss", task.metric), continue_from=continue_from) as metrics_log:
+
+        def snapshot(position: Optional[EpochPosition], rng: Optional[dict[str, Any]]) -> dict[str, Any]:
+            if position is not None and not position.finished:
+                position = replace(position, carried=task.carried_state())
+            return checkpoint.training_state(cfg, objects, progress, monitor, position, rng,
+                                             elapsed_s=progress.elapsed_s + time.perf_counter() - started,
+                                             metrics_lines=metrics_log.lines)
+
+        schedule = SaveSchedule(cfg.trainer.save_every_steps, cfg.trainer.save_every_minutes)
+        saver = Checkpointer(checkpoints, snapshot, schedule, stop, shuffle_generator,
+                             where=f"fold {fold}: " if fold is not None else "")
+        first_epoch = progress.epoch + 1 if progress.stopped_early is None else epochs + 1
+        for epoch in range(first_epoch, epochs + 1):
+            position = progress.position or new_position(epoch, data.train, progress.global_step, device)
+            progress.position = None
+            saver.before_steps(position)
             train_metrics = train_one_epoch(net, data.train, task, optimizer, scheduler, precision, grad_clip,
-                                            penalty, epoch, epochs)
-            training_seconds = time.perf_counter() - epoch_started  # train_one_epoch ends with a host sync
-            val_metrics = evaluate(net, data.val, task, precision) if validating else {}
+                                            penalty, epoch, epochs, position=position, on_step=saver.after_step)
+            training_seconds = position.seconds_so_far()  # train_one_epoch ends with a host sync
+            saver.start_validation(position)
+            val_metrics = evaluate(net, data.val, task, precision, on_batch=saver.during_validation) if validating else {}
             history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
                        "lr": optimizer.param_groups[0]["lr"],
                        "examples_per_sec": data.train.num_examples / training_seconds,
-                       "epoch_time_s": time.perf_counter() - epoch_started}
+                       "epoch_time_s": position.seconds_so_far()}
             if scheduler is not None and scheduler.interval == "epoch":
                 scheduler.step(history)
             metrics_log.write(epoch, history)
@@ -142,60 +192,63 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
             for tag, text in task.epoch_texts(model).items():
                 metrics_log.write_text(tag, text, epoch)
 
-            improved = _is_better(history[monitor], progress["best_value"], task.mode)
+            improved = _is_better(history[monitor], progress.best_value, task.mode)
             if improved:
-                progress.update(best_value=history[monitor], best_epoch=epoch)
-            progress.update(epoch=epoch, history=history)
-            state = checkpoint.training_state(cfg, model, optimizer, scheduler, precision, shuffle_generator,
-                                              progress, monitor)
-            checkpoint.save_checkpoint(checkpoints / checkpoint.LAST, state)
-            if improved:
-                checkpoint.save_checkpoint(checkpoints / checkpoint.BEST, state)
-            if _patience_ran_out(epoch, progress["best_epoch"], regularization.early_stopping):
-                progress["stopped_early"] = epoch
+                progress.best_value, progress.best_epoch = history[monitor], epoch
+            progress.epoch, progress.history, progress.global_step = epoch, history, position.global_step
+            if _patience_ran_out(epoch, progress.best_epoch, regularization.early_stopping):
+                progress.stopped_early = epoch
+            saver.end_of_epoch(improved)  # last.pt (and best.pt); a pending stop signal stops here
+            if progress.stopped_early is not None:
                 log.info("early stopping after epoch %d: %s has not improved for %d epochs (best: epoch %s)",
-                         epoch, monitor, regularization.early_stopping, progress["best_epoch"])
+                         epoch, monitor, regularization.early_stopping, progress.best_epoch)
                 break
 
         best_path = checkpoints / checkpoint.BEST
         if best_path.exists():  # test once, on the best epoch's weights
             model.load_state_dict(checkpoint.load_checkpoint(best_path, map_location=device)["model"])
-        test_metrics = _prefixed("test", evaluate(net, data.test, task, precision))
-        duration = time.perf_counter() - started
+        test_metrics = _prefixed("test", evaluate(net, data.test, task, precision, on_batch=saver.during_test))
+        duration = progress.elapsed_s + time.perf_counter() - started
         # The run's results, logged as scalars so the HPARAMS tab can show them next to the hparams.
-        results = {**test_metrics, monitor.replace("/", "/best_"): _or_nan(progress["best_value"]),
-                   "run/epochs": progress["epoch"], "run/duration_s": duration}
-        metrics_log.write(progress["epoch"], results)
+        results = {**test_metrics, monitor.replace("/", "/best_"): _or_nan(progress.best_value),
+                   "run/epochs": progress.epoch, "run/duration_s": duration}
+        metrics_log.write(progress.epoch, results)
         hparams.write_hparams(metrics_log.writer, hparams.run_hparams(cfg), results)
 
     summary_data = {
         "status": "completed",
-        "epochs_completed": progress["epoch"],
+        "epochs_completed": progress.epoch,
         "monitor": monitor,
         "mode": task.mode,
-        "best_epoch": progress["best_epoch"],
-        "best_value": progress["best_value"],
-        "stopped_early": progress["stopped_early"],  # the epoch early stopping ended the run, or null
-        "final": progress["history"],
+        "best_epoch": progress.best_epoch,
+        "best_value": progress.best_value,
+        "stopped_early": progress.stopped_early,  # the epoch early stopping ended the run, or null
+        "final": progress.history,
         "test": test_metrics,
         "duration_s": duration,
         "device": str(device),
         "model": {"params": summary.total_params, "flops_per_example": summary.flops},
-        "resumed_from": progress["resumed_from"],
+        "resumed_from": progress.resumed_from,
         "environment": environment(),
     }
     write_json(run_dir / SUMMARY_FILE, summary_data)
-    logs.show_results(_results_rows(progress["history"], test_metrics), run_dir)
+    logs.show_results(_results_rows(progress.history, test_metrics), run_dir)
     return summary_data
 
 
 def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: torch.optim.Optimizer,
                     scheduler: Optional[Scheduler], precision: Precision, grad_clip: Optional[float],
-                    penalty: Optional[Callable[[], torch.Tensor]], epoch: int, epochs: int) -> dict[str, float]:
+                    penalty: Optional[Callable[[], torch.Tensor]], epoch: int, epochs: int,
+                    position: Optional[EpochPosition] = None,
+                    on_step: Optional[Callable[[EpochPosition], None]] = None) -> dict[str, float]:
     """forward, loss, backward, step for every batch; read the device-side sums once at the end.
 
     `penalty` (the L1 term) is added to the loss that is minimised; the reported loss is the
     task's own, so runs with and without it compare directly.
+
+    `position` is where the epoch stands (a fresh start when None; a resumed one goes on from
+    its step, in its order); it is advanced after every step, then `on_step(position)` is
+    called: dlrun.saving.Checkpointer, which saves on its schedule and stops on a signal.
 
     A non-finite loss is noticed here, after the epoch, without a host sync per step; it
     raises TrainingDiverged before the caller can checkpoint the poisoned weights.
@@ -203,9 +256,12 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
     model.train()
     task.start_pass(training=True)
     device = next(model.parameters()).device
-    sums = None
-    step_losses = torch.empty(len(loader), device=device)
-    for step, (inputs, targets) in enumerate(logs.with_progress(loader, len(loader), f"epoch {epoch}/{epochs}")):
+    if position is None:
+        position = new_position(epoch, loader, 0, device)
+    elif position.carried is not None:
+        task.restore_carried_state(position.carried)
+    batches = loader.batches(position.order, start=position.step)
+    for inputs, targets in logs.with_progress(batches, len(loader) - position.step, f"epoch {epoch}/{epochs}"):
         with precision.autocast():
             outputs = task.forward(model, inputs)
             loss = task.loss(outputs, targets)
@@ -215,29 +271,35 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
         precision.step(optimizer, model.parameters(), grad_clip)
         if scheduler is not None and scheduler.interval == "step":
             scheduler.step()
-        step_losses[step] = objective.detach()
-        batch = task.batch_stats(outputs.detach(), targets, loss.detach())
-        sums = batch if sums is None else sums + batch
-    bad_steps = (~torch.isfinite(step_losses)).nonzero()
-    if len(bad_steps):
-        raise TrainingDiverged(f"loss became non-finite in epoch {epoch} at step {int(bad_steps[0])} "
-                               f"(of {len(loader)}); last.pt keeps the previous epoch. "
-                               "Try a lower optimizer.lr or regularization.grad_clip")
-    return task.metrics(sums.tolist())
+        position.advance(objective.detach(), task.batch_stats(outputs.detach(), targets, loss.detach()))
+        if on_step is not None:
+            on_step(position)
+    check_finite(position)
+    return task.metrics(position.sums.tolist())
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Loader, task: Task, precision: Precision) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Loader, task: Task, precision: Precision,
+             on_batch: Optional[Callable[[], None]] = None) -> dict[str, float]:
+    """The task's metrics over `loader`; `on_batch()` is called before every batch (a stop check)."""
     model.eval()
     task.start_pass(training=False)
     sums = None
     for inputs, targets in loader:
+        if on_batch is not None:
+            on_batch()
         with precision.autocast():
             outputs = task.forward(model, inputs)
             loss = task.loss(outputs, targets)
         batch = task.batch_stats(outputs, targets, loss)
         sums = batch if sums is None else sums + batch
     return task.metrics(sums.tolist())
+
+
+def new_position(epoch: int, loader: Loader, global_step: int, device: torch.device) -> EpochPosition:
+    """The start of an epoch: draws its batch order (a shuffle advances the shuffling generator)."""
+    return EpochPosition(epoch=epoch, batches=len(loader), order=loader.epoch_order(),
+                         step_losses=torch.empty(len(loader), device=device), global_step=global_step)
 
 
 def planned_epochs(cfg: DictConfig) -> int:
@@ -278,6 +340,38 @@ def _results_rows(history: dict[str, float], test: dict[str, float]) -> dict[str
 def _save_model_summary(run_dir: Path, summary: Any) -> None:
     with open(run_dir / "model_summary.txt", "w") as handle:
         logs.Console(width=120, file=handle).print(summary.table())
+
+
+def _check_position_fits(position: Optional[EpochPosition], loader: Loader, source: Path) -> None:
+    """A mid-epoch checkpoint continues only with the batches it was cut from."""
+    if position is None:
+        return
+    examples = len(loader.split)
+    if position.batches != len(loader) or (loader.shuffle and len(position.order) != examples):
+        raise CheckpointError(f"checkpoint {source} stopped inside epoch {position.epoch} (step {position.step} of "
+                              f"{position.batches}), but this config makes {len(loader)} batches of {examples} "
+                              "examples per epoch; continue it with the data and batch settings it was saved with")
+
+
+def _resume_point(progress: checkpoint.Progress) -> dict[str, Any]:
+    """Where training continues: `step` steps into `epoch` (for status.json and the log)."""
+    position = progress.position
+    if position is None:
+        return {"epoch": progress.epoch + 1, "step": 0, "position": f"end of epoch {progress.epoch}"}
+    text = (f"epoch {position.epoch}, trained, not yet validated" if position.finished
+            else f"epoch {position.epoch}, step {position.step} of {position.batches}")
+    return {"epoch": position.epoch, "step": position.step, "position": text}
+
+
+def _continue_command(run_dir: Path) -> str:
+    """The command that continues an interrupted run (or, in a sweep, finishes the sweep)."""
+    if not HydraConfig.initialized():
+        return f"trainer.resume={run_dir}"
+    hydra_cfg = HydraConfig.get()
+    kept = [o for o in hydra_cfg.overrides.task if not o.lstrip("+~").startswith(("trainer.resume=", "sweep.resume="))]
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return f"dlrun -m {' '.join(kept)} sweep.resume={hydra_cfg.sweep.dir}".replace("  ", " ")
+    return f"dlrun {' '.join(kept)} trainer.resume={run_dir}".replace("  ", " ")
 
 
 def _default_run_dir(cfg: DictConfig) -> Path:

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dlrun.data.loader import BatchTransform
 from dlrun.errors import DataError
@@ -58,7 +58,13 @@ class _ImageFiles(Dataset):
 
 
 class FileLoader:
-    """Batches of a FileSplit, moved to `device` (non-blocking from pinned memory on CUDA)."""
+    """Batches of a FileSplit, moved to `device` (non-blocking from pinned memory on CUDA).
+
+    As TensorLoader, a pass is `epoch_order()` then `batches(order, start)`: the shuffle is drawn
+    here from `generator` and handed to the DataLoader through a sampler, so a mid-epoch
+    checkpoint can keep it and a resumed epoch reads the remaining files in the same order.
+    (Random transforms inside the worker processes are not part of that position.)
+    """
 
     def __init__(self, split: FileSplit, batch_size: int, *, device: torch.device, training: bool,
                  shuffle: bool = False, generator: Optional[torch.Generator] = None,
@@ -67,18 +73,31 @@ class FileLoader:
         self.batch_size = batch_size
         self.device = device
         self.training = training
+        self.shuffle = shuffle
+        self.generator = generator
         self.limit_batches = limit_batches
         self.transform = transform
-        self.loader = DataLoader(split.dataset(training), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                                 num_workers=split.num_workers, pin_memory=device.type == "cuda",
-                                 persistent_workers=split.num_workers > 0)
+        self.sampler = _OrderSampler(range(len(split)))
+        self.loader = DataLoader(split.dataset(training), batch_size=batch_size, sampler=self.sampler,
+                                 generator=generator, num_workers=split.num_workers,
+                                 pin_memory=device.type == "cuda", persistent_workers=split.num_workers > 0)
 
     def __len__(self) -> int:
         batches = math.ceil(len(self.split) / self.batch_size)
         return batches if self.limit_batches is None else min(batches, self.limit_batches)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for _, (inputs, targets) in zip(range(len(self)), self.loader):
+        return self.batches(self.epoch_order())
+
+    def epoch_order(self) -> Optional[torch.Tensor]:
+        """A fresh shuffle of the files (drawn from `generator`), or None for storage order."""
+        return torch.randperm(len(self.split), generator=self.generator) if self.shuffle else None
+
+    def batches(self, order: Optional[torch.Tensor], start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of a pass in `order`, beginning with batch number `start`."""
+        indices = order.tolist() if order is not None else range(len(self.split))
+        self.sampler.indices = indices[start * self.batch_size:]
+        for _, (inputs, targets) in zip(range(len(self) - start), self.loader):
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
             yield (self.transform(inputs) if self.transform is not None else inputs), targets
@@ -90,3 +109,16 @@ class FileLoader:
     def example_input(self) -> torch.Tensor:
         example = self.split.dataset(training=False)[0][0].unsqueeze(0).to(self.device)
         return self.transform(example) if self.transform is not None else example
+
+
+class _OrderSampler(Sampler[int]):
+    """Yields the indices it is given; FileLoader sets them before every pass."""
+
+    def __init__(self, indices: Sequence[int]) -> None:
+        self.indices = indices
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

@@ -41,7 +41,8 @@ class TensorLoader:
     d2l's sequential sampling: the examples are cut into `batch_size` contiguous streams and
     row j of batch k+1 is the example right after row j of batch k, so a recurrent model can
     carry its state from batch to batch. Every streamed batch is full (the remainder is dropped).
-    `limit_batches` caps batches per pass.
+    `limit_batches` caps batches per pass. `epoch_order` and `batches(order, start)` split a
+    pass in two, so that training can stop inside an epoch and continue it exactly.
     """
 
     def __init__(
@@ -75,8 +76,26 @@ class TensorLoader:
         return batches if self.limit_batches is None else min(batches, self.limit_batches)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self._order()
-        for batch in range(len(self)):
+        return self.batches(self.epoch_order())
+
+    def epoch_order(self) -> Optional[torch.Tensor]:
+        """The order of one pass: a fresh shuffle (drawn from `generator`), the streams, or None (storage order).
+
+        Kept with a mid-epoch checkpoint, so a resumed epoch goes on in the same order.
+        """
+        device = self.split.inputs.device
+        if self.shuffle:
+            return torch.randperm(len(self.split), generator=self.generator).to(device)
+        if self.streams:  # (streams, batches): stream j holds examples j*L .. j*L+L-1
+            length = len(self.split) // max(self.batch_size, 1)
+            return torch.arange(self.batch_size * length, device=device).reshape(self.batch_size, length)
+        return None
+
+    def batches(self, order: Optional[torch.Tensor], start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of a pass in `order` (from `epoch_order`), beginning with batch number `start`."""
+        if order is not None:
+            order = order.to(self.split.inputs.device)
+        for batch in range(start, len(self)):
             if self.streams:
                 index = order[:, batch]
             else:
@@ -86,15 +105,6 @@ class TensorLoader:
             if self.transform is not None:
                 inputs = self.transform(inputs)
             yield inputs, targets
-
-    def _order(self) -> Optional[torch.Tensor]:
-        device = self.split.inputs.device
-        if self.shuffle:
-            return torch.randperm(len(self.split), generator=self.generator).to(device)
-        if self.streams:  # (streams, batches): stream j holds examples j*L .. j*L+L-1
-            length = len(self.split) // max(self.batch_size, 1)
-            return torch.arange(self.batch_size * length, device=device).reshape(self.batch_size, length)
-        return None
 
     @property
     def num_examples(self) -> int:

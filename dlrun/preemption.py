@@ -1,0 +1,109 @@
+"""Stopping a run cleanly when the machine is taken back: SIGTERM, SIGINT, SIGUSR1, SIGUSR2.
+
+Slurm, Kubernetes and `kill` send SIGTERM before they take a machine back, Slurm's `--signal`
+usually sends SIGUSR1, submitit uses SIGUSR2 for preemption and time limits, and Ctrl-C is
+SIGINT. While `StopSignals` is active, each of them only records itself; the training loop
+polls `requested` (a plain Python attribute: no host sync) after each optimizer step, between
+evaluation batches and before the first step, writes the exact position to last.pt, and raises
+`Interrupted`, which the CLI turns into exit code 128 + the signal number (143, 130, 138, 140).
+
+A repeated signal while a stop is under way is counted and otherwise ignored: torchrun, srun
+and shell wrappers often forward a signal the process group has already received, and the
+save it would cut short is the one thing worth waiting for. `kill -9` still stops at once
+(and last.pt, written atomically, stays loadable).
+
+Hand-over: if the signal's previous handler was a Python function (submitit installs one on
+SIGUSR2 that requeues the Slurm job), it is called once the run has saved and recorded its
+status, so the job is requeued and continues from the saved position.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType, TracebackType
+from typing import Any, Optional
+
+# The signals that ask a run to stop; those a platform lacks (Windows) are skipped.
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run stopped on a signal (after saving where it was); the process exits 128 + signum.
+
+    A KeyboardInterrupt, so `except Exception` (Hydra's job runner, dlrun's CLI for failed
+    sweep jobs) lets it through: a signal stops a whole sweep, not just its current job.
+    """
+
+    def __init__(self, signum: int, message: str, epoch: Optional[int] = None, step: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.epoch, self.step = epoch, step  # where the run continues: `step` steps into `epoch`
+
+    @property
+    def signal_name(self) -> str:
+        return signal_name(self.signum)
+
+
+class StopSignals:
+    """A context manager: inside it the stop signals set `requested` instead of killing the process.
+
+    Leaving it restores the previous handlers (tests call `run()` in-process, one after another).
+    Outside the main thread Python cannot install handlers; then nothing changes and `requested`
+    stays False.
+    """
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None  # the first stop signal received
+        self.repeats = 0  # signals received after the first one
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal_name(self.signum) if self.signum is not None else ""
+
+    def interrupted(self, message: str, epoch: Optional[int] = None, step: Optional[int] = None) -> Interrupted:
+        """The exception that ends the run after the stop has been handled."""
+        assert self.signum is not None, "no stop signal was received"
+        return Interrupted(self.signum, message, epoch, step)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for name in STOP_SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None:
+                self._previous[number] = signal.signal(number, self._record)
+        return self
+
+    def __exit__(self, kind: Optional[type], error: Optional[BaseException], trace: Optional[TracebackType]) -> None:
+        previous_handlers, self._previous = self._previous, {}
+        for number, previous in previous_handlers.items():
+            signal.signal(number, previous)
+        if isinstance(error, Interrupted):
+            _hand_over(error.signum, previous_handlers.get(error.signum))
+
+    def _record(self, signum: int, frame: Optional[FrameType]) -> None:
+        # Only record: the loop acts at the next step boundary, where the state is consistent.
+        if self.signum is None:
+            self.signum = signum
+        else:
+            self.repeats += 1
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _hand_over(signum: int, previous: Any) -> None:
+    """Call a Python handler that was there before us (e.g. submitit's requeue); it may exit."""
+    if callable(previous) and previous is not signal.default_int_handler:
+        previous(signum, None)

@@ -1,0 +1,146 @@
+"""When training writes last.pt: at epoch ends, on a schedule inside epochs, and on a stop signal.
+
+`SaveSchedule` is the periodic policy (`trainer.save_every_steps`, `trainer.save_every_minutes`):
+it is asked after every optimizer step with integer arithmetic and a monotonic clock read, so
+it costs no host sync; only the step that saves pays for copying the state to the host.
+
+`Checkpointer` is what the training loop calls at its check points. After each step, a pending
+stop signal (dlrun.preemption) or a due periodic save writes the exact mid-epoch position;
+during validation a signal saves the "trained, not yet validated" position with the RNG
+states of the end of training (evaluation draws no random numbers on the tensor path, so
+validating again on resume is exact); during the final test it only stops, since last.pt
+already holds the end of training. After a stop it raises `Interrupted`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from dlrun import checkpoint
+from dlrun.checkpoint import BEST, LAST, EpochPosition
+from dlrun.errors import TrainingDiverged
+from dlrun.preemption import StopSignals
+
+log = logging.getLogger("dlrun")
+# Builds the checkpoint dict of the current state: (position inside an epoch or None, RNG snapshot or None).
+Snapshot = Callable[[Optional[EpochPosition], Optional[dict[str, Any]]], dict[str, Any]]
+
+
+class SaveSchedule:
+    """Every `every_steps` optimizer steps (counted over the run) and/or every `every_minutes`."""
+
+    def __init__(self, every_steps: Optional[int], every_minutes: Optional[float],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_steps = every_steps
+        self.interval_s = every_minutes * 60 if every_minutes else None
+        self.clock = clock
+        self.restart()
+
+    def restart(self) -> None:
+        """Count the minutes from now (after any save, periodic or not)."""
+        self.deadline = self.clock() + self.interval_s if self.interval_s is not None else math.inf
+
+    def due(self, global_step: int) -> bool:
+        return (self.every_steps is not None and global_step % self.every_steps == 0) or self.clock() >= self.deadline
+
+
+class Checkpointer:
+    """Writes `directory/last.pt` (and best.pt) from `snapshot` at the loop's check points."""
+
+    def __init__(self, directory: Path, snapshot: Snapshot, schedule: SaveSchedule, stop: StopSignals,
+                 shuffle_generator: torch.Generator, where: str = "") -> None:
+        self.directory = Path(directory)
+        self.snapshot = snapshot
+        self.shuffle_generator = shuffle_generator
+        self.schedule = schedule
+        self.stop = stop
+        self.where = where  # e.g. "fold 2: " in front of messages
+        self._trained: Optional[tuple[EpochPosition, dict[str, Any]]] = None  # set while validating
+
+    def before_steps(self, position: EpochPosition) -> None:
+        """At the start of an epoch (or of a resumed one): a signal received during setup stops here."""
+        if self.stop.requested:
+            self._stop_at(position)
+
+    def after_step(self, position: EpochPosition) -> None:
+        """Called by the training loop after every optimizer step; a Python flag and a clock read."""
+        if self.stop.requested:
+            self._stop_at(position)
+        # The last step of an epoch is saved by end_of_epoch a moment later.
+        if not position.finished and self.schedule.due(position.global_step):
+            self._save_position(position)
+            if self.stop.requested:  # the signal arrived during that save: the position is on disk
+                raise self._interrupted(position)
+
+    def start_validation(self, position: EpochPosition) -> None:
+        """The epoch is trained: a stop during validation saves this position and these RNG states."""
+        self._trained = (position, checkpoint.rng_states(self.shuffle_generator))
+
+    def during_validation(self) -> None:
+        if self.stop.requested and self._trained is not None:
+            position, rng = self._trained
+            self._stop_at(position, rng)
+
+    def end_of_epoch(self, improved: bool) -> None:
+        """The epoch is validated and logged: write last.pt (and best.pt), then honour a stop."""
+        self._trained = None
+        state = self.snapshot(None, None)
+        checkpoint.save_checkpoint(self.directory / LAST, state)
+        if improved:
+            checkpoint.save_checkpoint(self.directory / BEST, state)
+        self.schedule.restart()
+        if self.stop.requested:
+            raise self.stop.interrupted(self._message(f"after epoch {state['epoch']}", "last.pt holds it"),
+                                        epoch=state["epoch"] + 1, step=0)
+
+    def during_test(self) -> None:
+        """The final test: last.pt already holds the end of training, so a stop only stops."""
+        if self.stop.requested:
+            raise self.stop.interrupted(self._message("during the final test",
+                                                      "training is complete; resuming runs the test again"))
+
+    def _stop_at(self, position: EpochPosition, rng: Optional[dict[str, Any]] = None) -> None:
+        log.info("%s%s received: saving %s to last.pt and stopping", self.where, self.stop.name,
+                 _describe(position))
+        self._save_position(position, rng)
+        raise self._interrupted(position)
+
+    def _save_position(self, position: EpochPosition, rng: Optional[dict[str, Any]] = None) -> None:
+        check_finite(position)  # never save a diverged state: last.pt keeps the last finite one
+        checkpoint.save_checkpoint(self.directory / LAST, self.snapshot(position, rng))
+        position.saved_step = position.step
+        self.schedule.restart()
+
+    def _interrupted(self, position: EpochPosition) -> BaseException:
+        extra = f" (and {self.stop.repeats} more signal(s) while stopping, ignored)" if self.stop.repeats else ""
+        return self.stop.interrupted(self._message(f"at {_describe(position)}", f"last.pt holds this position{extra}"),
+                                     epoch=position.epoch, step=position.step)
+
+    def _message(self, where: str, what: str) -> str:
+        return f"{self.where}stopped by {self.stop.name} {where}; {what}"
+
+
+def _describe(position: EpochPosition) -> str:
+    if position.finished:
+        return f"epoch {position.epoch} (trained, not yet validated)"
+    return f"epoch {position.epoch}, step {position.step} of {position.batches}"
+
+
+def check_finite(position: EpochPosition) -> None:
+    """Raise TrainingDiverged if a step of the epoch so far had a non-finite loss (one host sync).
+
+    Run at the end of every epoch and before any mid-epoch save, never per step.
+    """
+    bad = (~torch.isfinite(position.step_losses[:position.step])).nonzero()
+    if len(bad):
+        kept = ("the previous epoch" if position.saved_step is None
+                else f"epoch {position.epoch}, step {position.saved_step}")
+        raise TrainingDiverged(f"loss became non-finite in epoch {position.epoch} at step {int(bad[0])} "
+                               f"(of {position.batches}); last.pt keeps {kept}. "
+                               "Try a lower optimizer.lr or regularization.grad_clip")
