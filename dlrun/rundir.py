@@ -25,7 +25,8 @@ from dlrun.atomic import atomic_write
 STATUS_FILE = "status.json"
 SUMMARY_FILE = "summary.json"
 # Keys that may change between a run and its continuation without making it another experiment.
-RESUME_INSENSITIVE_KEYS = ("trainer.resume", "trainer.epochs", "output_root", "name", "sweep.resume")
+RESUME_INSENSITIVE_KEYS = ("trainer.resume", "trainer.epochs", "trainer.save_every_steps", "trainer.save_every_minutes",
+                           "output_root", "name", "sweep.resume")
 # What a run writes while training; cleared before a sweep job is run again in the same directory.
 TRAINING_OUTPUTS = ("tb", "checkpoints", "metrics.jsonl", SUMMARY_FILE, "model_summary.txt")
 
@@ -66,6 +67,9 @@ class RunStatus:
         previous = read_status(run_dir)
         same_run = previous is not None and fingerprint is not None and previous.get("config_fingerprint") == fingerprint
         self.attempts: list[dict[str, Any]] = list(previous.get("attempts") or [_legacy_attempt(previous)]) if same_run else []
+        for attempt in self.attempts:  # an attempt still `running` was killed (a live one is never continued)
+            if attempt.get("outcome") == "running":
+                attempt["outcome"] = "stale"
         now = _iso(time.time())
         self.started = previous.get("started", now) if same_run else now
         self.attempt: dict[str, Any] = {"started": now, "ended": None, "host": socket.gethostname(),

@@ -364,14 +364,14 @@ def _resume_point(progress: checkpoint.Progress) -> dict[str, Any]:
 
 
 def _continue_command(run_dir: Path) -> str:
-    """The command that continues an interrupted run (or, in a sweep, finishes the sweep)."""
+    """How to continue an interrupted run (in a sweep: how to finish the sweep)."""
     if not HydraConfig.initialized():
         return f"trainer.resume={run_dir}"
     hydra_cfg = HydraConfig.get()
-    kept = [o for o in hydra_cfg.overrides.task if not o.lstrip("+~").startswith(("trainer.resume=", "sweep.resume="))]
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        return f"dlrun -m {' '.join(kept)} sweep.resume={hydra_cfg.sweep.dir}".replace("  ", " ")
-    return f"dlrun {' '.join(kept)} trainer.resume={run_dir}".replace("  ", " ")
+        return f"the same dlrun -m command with sweep.resume={hydra_cfg.sweep.dir}"
+    kept = [o for o in hydra_cfg.overrides.task if not o.lstrip("+~").startswith("trainer.resume=")]
+    return " ".join(["dlrun", *kept, f"trainer.resume={run_dir}"])
 
 
 def _default_run_dir(cfg: DictConfig) -> Path:
