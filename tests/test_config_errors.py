@@ -19,6 +19,8 @@ CLI_CASES = [
     ("model.activation=swish", "activation 'swish' is not one of: relu, sigmoid"),
     ("optimizer.weight_decay=0.1", "'optimizer.weight_decay' cannot be set here: "
                                    "set weight decay with regularization.weight_decay"),
+    ("optimizer.betas=[0.9]", "wrong value for 'optimizer.betas': expected a list of 2 values, "
+                              "e.g. optimizer.betas=[0.9,0.999]; got [0.9]"),
 ]
 
 
@@ -47,10 +49,14 @@ def test_full_traceback_on_request(tmp_path):
     ("device.type=tpu", "device.type='tpu' is not one of: auto, cpu, cuda"),
     ("dataset.val_fraction=1.0", "dataset.val_fraction=1.0 is out of range"),
     ("+model.input_shape_typo=1", "unknown key 'model.input_shape_typo'"),
+    ("optimizer=adamw optimizer.betas=[0.9,0.99,0.9]", "expected a list of 2 values"),
+    ("optimizer.betas=0.9", "expected a list of 2 values"),
+    ("trainer.save_every_steps=0", "trainer.save_every_steps=0 is out of range: must be >= 1 or null (off)"),
+    ("trainer.save_every_minutes=0", "trainer.save_every_minutes=0.0 is out of range: must be > 0 or null (off)"),
 ])
 def test_schema_rejects(override, message):
     with pytest.raises(ConfigError, match=None) as error:
-        validate(compose_config(override))
+        validate(compose_config(*override.split()))
     assert message in str(error.value)
 
 
