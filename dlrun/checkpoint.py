@@ -106,6 +106,12 @@ class EpochPosition:
     saved_step: Optional[int] = None  # the step last.pt holds, when it holds a position in this epoch
     clock_start: float = field(default_factory=time.perf_counter)  # when this attempt took the epoch up
 
+    @classmethod
+    def start(cls, epoch: int, loader: Any, global_step: int, device: torch.device) -> "EpochPosition":
+        """The start of an epoch: draws its batch order from the loader (a shuffle advances its generator)."""
+        return cls(epoch=epoch, batches=len(loader), order=loader.epoch_order(),
+                   step_losses=torch.empty(len(loader), device=device), global_step=global_step)
+
     @property
     def finished(self) -> bool:
         """All steps done: the epoch is trained but not yet validated."""
@@ -121,6 +127,18 @@ class EpochPosition:
     def seconds_so_far(self) -> float:
         """Time spent on this epoch, earlier attempts included."""
         return self.seconds + time.perf_counter() - self.clock_start
+
+    def describe(self) -> str:
+        if self.finished:
+            return f"epoch {self.epoch} (trained, not yet validated)"
+        return f"epoch {self.epoch}, step {self.step} of {self.batches}"
+
+    def check_fits(self, batches: int, examples: int, shuffled: bool, source: Path) -> None:
+        """A mid-epoch position continues only with the batches it was cut from."""
+        if batches != self.batches or (shuffled and (self.order is None or len(self.order) != examples)):
+            raise CheckpointError(f"checkpoint {source} stopped inside epoch {self.epoch} (step {self.step} of "
+                                  f"{self.batches}), but this config makes {batches} batches of {examples} examples "
+                                  "per epoch; continue it with the data and batch settings it was saved with")
 
     def state_dict(self) -> dict[str, Any]:
         """A CPU copy; the only place a mid-epoch save reads from the device."""
@@ -153,6 +171,12 @@ class Progress:
     metrics_lines: int = 0  # lines of metrics.jsonl written up to this state
     position: Optional[EpochPosition] = None  # set when resuming inside an epoch
     resumed_from: Optional[str] = None
+
+    def resume_point(self) -> dict[str, Any]:
+        """Where training continues: `step` steps into `epoch`, and in words (status.json, the log)."""
+        if self.position is None:
+            return {"epoch": self.epoch + 1, "step": 0, "position": f"end of epoch {self.epoch}"}
+        return {"epoch": self.position.epoch, "step": self.position.step, "position": self.position.describe()}
 
 
 @dataclass
@@ -221,14 +245,6 @@ def restore_training_state(source: Path, objects: TrainingObjects, device: torch
                     elapsed_s=state.get("elapsed_s", 0.0), metrics_lines=state.get("metrics_lines", state["epoch"]),
                     position=EpochPosition.from_state_dict(position, device) if position else None,
                     resumed_from=str(source))
-
-
-def describe(state: dict[str, Any]) -> str:
-    """`epoch 3, step 17 of 40` for a mid-epoch checkpoint, `end of epoch 2` at a boundary."""
-    position = state.get("position")
-    if position:
-        return f"epoch {position['epoch']}, step {position['step']} of {position['batches']}"
-    return f"end of epoch {state['epoch']}"
 
 
 def _to_lists(value: Any) -> Any:

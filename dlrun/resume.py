@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dlrun.checkpoint import LAST, load_checkpoint
@@ -100,6 +102,17 @@ def move_into(fresh: Path, target: Path) -> None:
             break
 
 
+def continue_command(run_dir: Path) -> str:
+    """How to continue an interrupted run (in a sweep: how to finish the sweep), for the log."""
+    if not HydraConfig.initialized():
+        return f"trainer.resume={run_dir}"
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return f"the same dlrun -m command with sweep.resume={hydra_cfg.sweep.dir}"
+    kept = [o for o in hydra_cfg.overrides.task if not o.lstrip("+~").startswith("trainer.resume=")]
+    return " ".join(["dlrun", *kept, f"trainer.resume={run_dir}"])
+
+
 def _continue_existing(run_dir: Path, fingerprint: str, epochs: int, existing: Optional[dict[str, Any]],
                        strict: bool) -> ResumePlan:
     """trainer.resume=null: a fresh directory starts fresh; one holding this config's run continues it."""
@@ -170,11 +183,12 @@ def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a.b": 1}"""
     if not isinstance(tree, dict):
-        return {prefix: tree}
+        return {prefix.rstrip("."): tree}
     flat: dict[str, Any] = {}
     for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}{key}."[:-1] if not isinstance(value, dict) else f"{prefix}{key}."))
+        flat.update(_flatten(value, f"{prefix}{key}."))
     return flat
 
 

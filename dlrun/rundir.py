@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import dlrun
 from dlrun.atomic import atomic_write
+from dlrun.errors import TrainingDiverged
+from dlrun.preemption import Interrupted
 
 STATUS_FILE = "status.json"
 SUMMARY_FILE = "summary.json"
@@ -77,9 +79,12 @@ class RunStatus:
                                         "outcome": "running"}
         self.attempts.append(self.attempt)
 
-    def continuing_from(self, where: Optional[dict[str, Any]]) -> None:
-        """Record where this attempt starts: {"checkpoint", "epoch", "step"} or None for a fresh start."""
-        self.attempt["from"] = where
+    def continuing_from(self, where: dict[str, Any]) -> None:
+        """Record where this attempt starts ({"checkpoint", "epoch", "step", "position"}; the first one
+        when several folds continue). An attempt that never calls it started from scratch."""
+        if self.attempt["from"] is None:
+            self.attempt["from"] = where
+            self.write("running")
 
     def write(self, status: str, **outcome: Any) -> None:
         """Set the status; `outcome` (error, exit_code, signal, epoch, step) describes this attempt's end."""
@@ -90,6 +95,20 @@ class RunStatus:
         write_json(self.path, {"status": status, "config_fingerprint": self.fingerprint, "started": self.started,
                                "updated": now, "host": self.attempt["host"], "pid": self.attempt["pid"],
                                "pid_started": _process_start(os.getpid()), **outcome, "attempts": self.attempts})
+
+
+    def ended_by(self, error: BaseException) -> None:
+        """Record how an exception ended the attempt: interrupted (a signal), diverged, or failed."""
+        if isinstance(error, Interrupted):
+            self.write("interrupted", error=str(error), exit_code=error.exit_code, signal=error.signal_name,
+                       epoch=error.epoch, step=error.step)
+        elif isinstance(error, KeyboardInterrupt):
+            self.write("interrupted", error="interrupted (KeyboardInterrupt); last.pt holds the last save",
+                       exit_code=130)
+        elif isinstance(error, TrainingDiverged):
+            self.write("diverged", error=str(error), exit_code=error.exit_code)
+        else:
+            self.write("failed", error=f"{type(error).__name__}: {error}", exit_code=getattr(error, "exit_code", 1))
 
 
 def read_status(run_dir: Path) -> Optional[dict[str, Any]]:

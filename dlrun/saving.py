@@ -107,7 +107,7 @@ class Checkpointer:
 
     def _stop_at(self, position: EpochPosition, rng: Optional[dict[str, Any]] = None) -> None:
         log.info("%s%s received: saving %s to last.pt and stopping", self.where, self.stop.name,
-                 _describe(position))
+                 position.describe())
         self._save_position(position, rng)
         raise self._interrupted(position)
 
@@ -119,17 +119,11 @@ class Checkpointer:
 
     def _interrupted(self, position: EpochPosition) -> BaseException:
         extra = f" (and {self.stop.repeats} more signal(s) while stopping, ignored)" if self.stop.repeats else ""
-        return self.stop.interrupted(self._message(f"at {_describe(position)}", f"last.pt holds this position{extra}"),
+        return self.stop.interrupted(self._message(f"at {position.describe()}", f"last.pt holds this position{extra}"),
                                      epoch=position.epoch, step=position.step)
 
     def _message(self, where: str, what: str) -> str:
         return f"{self.where}stopped by {self.stop.name} {where}; {what}"
-
-
-def _describe(position: EpochPosition) -> str:
-    if position.finished:
-        return f"epoch {position.epoch} (trained, not yet validated)"
-    return f"epoch {position.epoch}, step {position.step} of {position.batches}"
 
 
 def check_finite(position: EpochPosition) -> None:

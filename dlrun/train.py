@@ -26,14 +26,14 @@ from dlrun import checkpoint, hparams, logs
 from dlrun.checkpoint import EpochPosition
 from dlrun.data import Loader, build_data
 from dlrun.device import configure_backends, prepare_model, select_device
-from dlrun.errors import CheckpointError, DlrunError, TrainingDiverged
+from dlrun.errors import DlrunError
 from dlrun.kfold import train_folds
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
 from dlrun.optim import build_l1_penalty, build_optimizer
 from dlrun.precision import Precision
 from dlrun.preemption import Interrupted, StopSignals
-from dlrun.resume import move_into, plan_resume
+from dlrun.resume import continue_command, move_into, plan_resume
 from dlrun.rundir import SUMMARY_FILE, RunStatus, clear_training_outputs, config_fingerprint, environment, write_json
 from dlrun.saving import Checkpointer, SaveSchedule, check_finite
 from dlrun.schedulers import Scheduler, build_scheduler
@@ -53,7 +53,10 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """
     run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(cfg)
     with StopSignals() as stop:
-        return _run(cfg, run_dir, stop)
+        summary = _run(cfg, run_dir, stop)
+        if stop.requested:  # too late to stop this run, but a sweep stops before its next job
+            raise stop.interrupted(f"{stop.name} received as the run ended; the run is complete")
+        return summary
 
 
 def _run(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
@@ -84,24 +87,12 @@ def _run(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
         else:
             summary = train(cfg, run_dir, resume_from=plan.checkpoint, in_place=plan.in_place, stop=stop,
                             status=status)
-    except Interrupted as stopped:
-        status.write("interrupted", error=str(stopped), exit_code=stopped.exit_code, signal=stopped.signal_name,
-                     epoch=stopped.epoch, step=stopped.step)
-        log.info("continue with: %s", _continue_command(run_dir))
-        raise
-    except TrainingDiverged as error:
-        status.write("diverged", error=str(error), exit_code=error.exit_code)
-        raise
-    except KeyboardInterrupt:
-        status.write("interrupted", error="interrupted (KeyboardInterrupt); last.pt holds the last save",
-                     exit_code=130)
-        raise
     except BaseException as error:
-        status.write("failed", error=f"{type(error).__name__}: {error}", exit_code=getattr(error, "exit_code", 1))
+        status.ended_by(error)
+        if isinstance(error, Interrupted):
+            log.info("continue with: %s", continue_command(run_dir))
         raise
     status.write("completed")
-    if stop.requested:  # it came too late to stop the run; it still stops a sweep before its next job
-        raise stop.interrupted(f"{stop.name} received as the run completed; the run is complete")
     return summary
 
 
@@ -142,12 +133,12 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
 
     if resume_from is not None:
         progress = checkpoint.restore_training_state(resume_from, objects, device, checkpoints)
-        _check_position_fits(progress.position, data.train, resume_from)
-        where = _resume_point(progress)
+        if progress.position is not None:
+            progress.position.check_fits(len(data.train), len(data.train.split), data.train.shuffle, resume_from)
+        where = progress.resume_point()
         log.info("resuming from %s (%s)", resume_from, where["position"])
-        if status is not None and status.attempt["from"] is None:
+        if status is not None:
             status.continuing_from({"checkpoint": str(resume_from), **where})
-            status.write("running")
         if progress.epoch >= epochs or progress.stopped_early is not None:
             log.info("nothing left to train: the checkpoint is at epoch %d of %d; testing it", progress.epoch, epochs)
 
@@ -173,7 +164,7 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
                              where=f"fold {fold}: " if fold is not None else "")
         first_epoch = progress.epoch + 1 if progress.stopped_early is None else epochs + 1
         for epoch in range(first_epoch, epochs + 1):
-            position = progress.position or new_position(epoch, data.train, progress.global_step, device)
+            position = progress.position or EpochPosition.start(epoch, data.train, progress.global_step, device)
             progress.position = None
             saver.before_steps(position)
             train_metrics = train_one_epoch(net, data.train, task, optimizer, scheduler, precision, grad_clip,
@@ -257,7 +248,7 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
     task.start_pass(training=True)
     device = next(model.parameters()).device
     if position is None:
-        position = new_position(epoch, loader, 0, device)
+        position = EpochPosition.start(epoch, loader, 0, device)
     elif position.carried is not None:
         task.restore_carried_state(position.carried)
     batches = loader.batches(position.order, start=position.step)
@@ -294,12 +285,6 @@ def evaluate(model: nn.Module, loader: Loader, task: Task, precision: Precision,
         batch = task.batch_stats(outputs, targets, loss)
         sums = batch if sums is None else sums + batch
     return task.metrics(sums.tolist())
-
-
-def new_position(epoch: int, loader: Loader, global_step: int, device: torch.device) -> EpochPosition:
-    """The start of an epoch: draws its batch order (a shuffle advances the shuffling generator)."""
-    return EpochPosition(epoch=epoch, batches=len(loader), order=loader.epoch_order(),
-                         step_losses=torch.empty(len(loader), device=device), global_step=global_step)
 
 
 def planned_epochs(cfg: DictConfig) -> int:
@@ -340,38 +325,6 @@ def _results_rows(history: dict[str, float], test: dict[str, float]) -> dict[str
 def _save_model_summary(run_dir: Path, summary: Any) -> None:
     with open(run_dir / "model_summary.txt", "w") as handle:
         logs.Console(width=120, file=handle).print(summary.table())
-
-
-def _check_position_fits(position: Optional[EpochPosition], loader: Loader, source: Path) -> None:
-    """A mid-epoch checkpoint continues only with the batches it was cut from."""
-    if position is None:
-        return
-    examples = len(loader.split)
-    if position.batches != len(loader) or (loader.shuffle and len(position.order) != examples):
-        raise CheckpointError(f"checkpoint {source} stopped inside epoch {position.epoch} (step {position.step} of "
-                              f"{position.batches}), but this config makes {len(loader)} batches of {examples} "
-                              "examples per epoch; continue it with the data and batch settings it was saved with")
-
-
-def _resume_point(progress: checkpoint.Progress) -> dict[str, Any]:
-    """Where training continues: `step` steps into `epoch` (for status.json and the log)."""
-    position = progress.position
-    if position is None:
-        return {"epoch": progress.epoch + 1, "step": 0, "position": f"end of epoch {progress.epoch}"}
-    text = (f"epoch {position.epoch}, trained, not yet validated" if position.finished
-            else f"epoch {position.epoch}, step {position.step} of {position.batches}")
-    return {"epoch": position.epoch, "step": position.step, "position": text}
-
-
-def _continue_command(run_dir: Path) -> str:
-    """How to continue an interrupted run (in a sweep: how to finish the sweep)."""
-    if not HydraConfig.initialized():
-        return f"trainer.resume={run_dir}"
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        return f"the same dlrun -m command with sweep.resume={hydra_cfg.sweep.dir}"
-    kept = [o for o in hydra_cfg.overrides.task if not o.lstrip("+~").startswith("trainer.resume=")]
-    return " ".join(["dlrun", *kept, f"trainer.resume={run_dir}"])
 
 
 def _default_run_dir(cfg: DictConfig) -> Path:
