@@ -38,6 +38,8 @@ from dlrun.device import channels_last_transform, configure_backends, prepare_mo
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
 from dlrun.precision import AMP_DTYPES, Precision
+from dlrun.preemption import StopSignals
+from dlrun.saving import Checkpointer, SaveSchedule
 from dlrun.schema import validate
 from dlrun.tasks import Classification
 from dlrun.train import train_one_epoch
@@ -123,9 +125,12 @@ def measure(workload: Workload, device: torch.device, steps: int | None, args: a
                           generator=torch.Generator().manual_seed(0), limit_batches=batches,
                           transform=channels_last_transform(args.channels_last))
     task = Classification()
+    # The checks dlrun's loop makes after every step (stop signal, save schedule); none is due here.
+    saver = Checkpointer(Path("unused"), lambda position, rng: {}, SaveSchedule(None, 10), StopSignals(),
+                         loader.generator)
 
     def dlrun_epoch() -> None:
-        train_one_epoch(net, loader, task, optimizer, None, precision, None, None, 1, 1)
+        train_one_epoch(net, loader, task, optimizer, None, precision, None, None, 1, 1, on_step=saver.after_step)
 
     plain_model = copy.deepcopy(model).to(device)
     if args.channels_last:

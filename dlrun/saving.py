@@ -25,7 +25,7 @@ import torch
 from dlrun import checkpoint
 from dlrun.checkpoint import BEST, LAST, EpochPosition
 from dlrun.errors import TrainingDiverged
-from dlrun.preemption import StopSignals
+from dlrun.preemption import Interrupted, StopSignals
 
 log = logging.getLogger("dlrun")
 # Builds the checkpoint dict of the current state: (position inside an epoch or None, RNG snapshot or None).
@@ -91,9 +91,9 @@ class Checkpointer:
         """The epoch is validated and logged: write last.pt (and best.pt), then honour a stop."""
         self._trained = None
         state = self.snapshot(None, None)
-        checkpoint.save_checkpoint(self.directory / LAST, state)
-        if improved:
+        if improved:  # best.pt first: a kill between the two leaves a last.pt that redoes this epoch
             checkpoint.save_checkpoint(self.directory / BEST, state)
+        checkpoint.save_checkpoint(self.directory / LAST, state)
         self.schedule.restart()
         if self.stop.requested:
             raise self.stop.interrupted(self._message(f"after epoch {state['epoch']}", "last.pt holds it"),
@@ -117,7 +117,7 @@ class Checkpointer:
         position.saved_step = position.step
         self.schedule.restart()
 
-    def _interrupted(self, position: EpochPosition) -> BaseException:
+    def _interrupted(self, position: EpochPosition) -> Interrupted:
         extra = f" (and {self.stop.repeats} more signal(s) while stopping, ignored)" if self.stop.repeats else ""
         return self.stop.interrupted(self._message(f"at {position.describe()}", f"last.pt holds this position{extra}"),
                                      epoch=position.epoch, step=position.step)

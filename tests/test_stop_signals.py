@@ -13,14 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import read_json
-from dataset_files import REPETITIVE_TEXT, write_text
+from conftest import compose_config, read_json
+from dataset_files import REPETITIVE_TEXT, write_image_folder, write_text
 from dlrun import checkpoint
+from dlrun.data import build_data
+from dlrun.data.files import FileLoader
+from dlrun.data.loader import TensorLoader
+from dlrun.data.splits import TensorSplit
 from dlrun.errors import CheckpointError, ConfigError
 from dlrun.precision import Precision
 from dlrun.preemption import Interrupted, StopSignals
 from dlrun.rundir import effective_status, write_json
 from dlrun.saving import SaveSchedule
+from dlrun.schema import validate
 from dlrun.sweep import summarize
 from dlrun.train import run
 
@@ -202,3 +207,24 @@ def test_run_files_follow_the_umask(cfg_for, tmp_path):
         os.umask(previous)
     for name in ("checkpoints/last.pt", "checkpoints/best.pt", "status.json", "summary.json", "metrics.jsonl"):
         assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o644, name
+
+
+def test_loaders_continue_a_pass_from_its_saved_order(tmp_path):
+    split = TensorSplit(torch.arange(40.0).reshape(20, 2), torch.arange(20))
+    for loader in (TensorLoader(split, 3, shuffle=True, generator=torch.Generator().manual_seed(1)),
+                   TensorLoader(split, 4, streams=True)):
+        order = loader.epoch_order()
+        whole = [targets for _, targets in loader.batches(order)]
+        rest = [targets for _, targets in loader.batches(order.clone().cpu(), start=2)]
+        assert len(rest) == len(whole) - 2 and all(torch.equal(a, b) for a, b in zip(rest, whole[2:]))
+    write_image_folder(tmp_path, per_class=5)
+    cfg = validate(compose_config("dataset=image_folder", f"dataset.root={tmp_path}", "dataset.image_size=8",
+                                  "dataset.num_workers=0", "dataset.val_fraction=0", "model=mlp"))
+    files = build_data(cfg, torch.device("cpu"), torch.Generator().manual_seed(0)).train.split
+    loader = FileLoader(files, 2, device=torch.device("cpu"), training=False, shuffle=True,
+                        generator=torch.Generator().manual_seed(1))
+    order = loader.epoch_order()
+    whole, rest = list(loader.batches(order)), list(loader.batches(order, start=1))
+    assert len(rest) == len(whole) - 1
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(rest, whole[1:]))
+    assert sorted(order.tolist()) == list(range(len(files)))
