@@ -29,7 +29,9 @@ SUMMARY_FILE = "summary.json"
 # Keys that may change between a run and its continuation without making it another experiment.
 RESUME_INSENSITIVE_KEYS = ("trainer.resume", "trainer.epochs", "trainer.save_every_steps", "trainer.save_every_minutes",
                            "output_root", "name", "sweep.resume")
-# What a run writes while training; cleared before a sweep job is run again in the same directory.
+# What status.json records of how each attempt ended.
+ATTEMPT_OUTCOME_KEYS = ("error", "exit_code", "signal", "epoch", "step")
+# What a run writes while training; cleared (with any fold_*/) before a run starts again from scratch.
 TRAINING_OUTPUTS = ("tb", "checkpoints", "metrics.jsonl", SUMMARY_FILE, "model_summary.txt")
 
 
@@ -68,10 +70,7 @@ class RunStatus:
         self.fingerprint = fingerprint
         previous = read_status(run_dir)
         same_run = previous is not None and fingerprint is not None and previous.get("config_fingerprint") == fingerprint
-        self.attempts: list[dict[str, Any]] = list(previous.get("attempts") or [_legacy_attempt(previous)]) if same_run else []
-        for attempt in self.attempts:  # an attempt still `running` was killed (a live one is never continued)
-            if attempt.get("outcome") == "running":
-                attempt["outcome"] = "stale"
+        self.attempts: list[dict[str, Any]] = _earlier_attempts(previous) if same_run else []
         now = _iso(time.time())
         self.started = previous.get("started", now) if same_run else now
         self.attempt: dict[str, Any] = {"started": now, "ended": None, "host": socket.gethostname(),
@@ -91,11 +90,10 @@ class RunStatus:
         now = _iso(time.time())
         self.attempt["outcome"] = status
         self.attempt["ended"] = None if status == "running" else now
-        self.attempt.update({key: value for key, value in outcome.items() if key in ("error", "exit_code", "signal", "epoch", "step")})
+        self.attempt.update({key: value for key, value in outcome.items() if key in ATTEMPT_OUTCOME_KEYS})
         write_json(self.path, {"status": status, "config_fingerprint": self.fingerprint, "started": self.started,
                                "updated": now, "host": self.attempt["host"], "pid": self.attempt["pid"],
                                "pid_started": _process_start(os.getpid()), **outcome, "attempts": self.attempts})
-
 
     def ended_by(self, error: BaseException) -> None:
         """Record how an exception ended the attempt: interrupted (a signal), diverged, or failed."""
@@ -231,8 +229,15 @@ def _process_start(pid: int) -> Optional[int]:
     return int(stat.rpartition(")")[2].split()[19])  # field 22, counted after the command name
 
 
-def _legacy_attempt(status: Optional[dict[str, Any]]) -> dict[str, Any]:
-    """A status.json written before attempts were recorded, as one attempt."""
-    status = status or {}
-    return {"started": status.get("started"), "ended": status.get("updated"), "host": status.get("host"),
-            "pid": status.get("pid"), "overrides": None, "from": None, "outcome": status.get("status")}
+def _earlier_attempts(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The attempts an existing status.json lists (one, for a file written before attempts were kept).
+
+    One still `running` was killed, or its process died: a live run is never continued.
+    """
+    attempts = list(status.get("attempts") or [
+        {"started": status.get("started"), "ended": status.get("updated"), "host": status.get("host"),
+         "pid": status.get("pid"), "overrides": None, "from": None, "outcome": status.get("status")}])
+    for attempt in attempts:
+        if attempt.get("outcome") == "running":
+            attempt["outcome"] = "stale"
+    return attempts

@@ -111,7 +111,7 @@ def read_job(job_dir: Path) -> JobResult:
         job.status, job.error = effective_status(status), status.get("error")
         job.exit_code = 0 if job.status == "completed" else status.get("exit_code", 1)
         if job.status == "stale":
-            job.error = f"status says running, but its process ({status.get('pid')}) is gone: killed or crashed"
+            job.error = f"status says running, but its process {status.get('pid')} is gone: killed or crashed"
     if job.status == "completed" and (job_dir / SUMMARY_FILE).exists():
         summary = read_json(job_dir / SUMMARY_FILE)
         job.monitor, job.mode, job.best_value = summary["monitor"], summary.get("mode"), summary["best_value"]

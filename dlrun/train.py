@@ -171,7 +171,8 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
                                             penalty, epoch, epochs, position=position, on_step=saver.after_step)
             training_seconds = position.seconds_so_far()  # train_one_epoch ends with a host sync
             saver.start_validation(position)
-            val_metrics = evaluate(net, data.val, task, precision, on_batch=saver.during_validation) if validating else {}
+            val_metrics = (evaluate(net, data.val, task, precision, on_batch=saver.during_validation)
+                           if validating else {})
             history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
                        "lr": optimizer.param_groups[0]["lr"],
                        "examples_per_sec": data.train.num_examples / training_seconds,

@@ -101,32 +101,33 @@ def wait_for(path: Path, process: subprocess.Popen) -> Path:
 def test_signals_at_every_stage_then_resume_give_one_bitwise_equal_run(tmp_path, uninterrupted):
     cwd, pauses = tmp_path, tmp_path / "pauses"
     # Before the first step, during training (a second signal arriving during the save), during
-    # validation (SIGINT), during the final test; each time `trainer.resume=auto` (finally a run dir).
+    # validation (SIGINT), during the final test (Slurm's SIGUSR1); each time `trainer.resume=auto`
+    # continues the run (the last time, `trainer.resume=<run dir>`).
     attempts = [
         ((), [("setup", signal.SIGTERM)]),
         (("trainer.resume=auto",), [("train:8", signal.SIGTERM), ("save:2", signal.SIGTERM)]),
         (("trainer.resume=auto",), [("eval:3", signal.SIGINT)]),  # eval 1 is the model summary
-        (("trainer.resume=auto",), [("eval:15", signal.SIGTERM)]),  # 6 val batches of epoch 2 and 3, then test
+        (("trainer.resume=auto",), [("eval:15", signal.SIGUSR1)]),  # 6 val batches of epoch 2 and 3, then test
     ]
     results = [run_with_pauses(cwd, *BASE, *extra, stops=stops, pauses=pauses / str(n))
                for n, (extra, stops) in enumerate(attempts)]
     run_dir = only_run_dir(cwd / "outputs")
     results.append(run_cli(*BASE, f"trainer.resume={run_dir}", cwd=cwd, env=ENV, timeout=TIMEOUT))
 
-    assert [r.returncode for r in results] == [143, 143, 130, 143, 0], [r.stderr for r in results]
+    assert [r.returncode for r in results] == [143, 143, 130, 138, 0], [r.stderr for r in results]
     assert [r.stderr.strip() for r in results[:4]] == [
         "dlrun: interrupted: stopped by SIGTERM at epoch 1, step 0 of 6; last.pt holds this position",
         "dlrun: interrupted: stopped by SIGTERM at epoch 2, step 2 of 6; last.pt holds this position "
         "(and 1 more signal(s) while stopping, ignored)",
         "dlrun: interrupted: stopped by SIGINT at epoch 2 (trained, not yet validated); last.pt holds this position",
-        "dlrun: interrupted: stopped by SIGTERM during the final test; training is complete; resuming runs the test again"]
+        "dlrun: interrupted: stopped by SIGUSR1 during the final test; training is complete; resuming runs the test again"]
     assert [p.parent for p in (cwd / "outputs").glob("**/.hydra")] == [run_dir]  # no stub directories left
 
     status = read_json(run_dir / "status.json")
     assert status["status"] == "completed"
     attempts_recorded = status["attempts"]
     assert [(a["outcome"], a.get("signal")) for a in attempts_recorded] == [
-        ("interrupted", "SIGTERM"), ("interrupted", "SIGTERM"), ("interrupted", "SIGINT"), ("interrupted", "SIGTERM"),
+        ("interrupted", "SIGTERM"), ("interrupted", "SIGTERM"), ("interrupted", "SIGINT"), ("interrupted", "SIGUSR1"),
         ("completed", None)]
     assert [a["from"] and (a["from"]["epoch"], a["from"]["step"]) for a in attempts_recorded] == [
         None, (1, 0), (2, 2), (2, 6), (4, 0)]
