@@ -27,7 +27,9 @@ def pause_if(point: str) -> None:
     marker, go = folder / f"paused-{point}", folder / f"go-{point}"
     if marker.exists():
         return
-    marker.write_text(str(os.getpid()))
+    partial = folder / f".paused-{point}"
+    partial.write_text(str(os.getpid()))
+    partial.rename(marker)  # the test reads the pid as soon as the marker exists
     deadline = time.monotonic() + WAIT_S
     while not go.exists():
         if time.monotonic() > deadline:

@@ -98,64 +98,51 @@ def wait_for(path: Path, process: subprocess.Popen) -> Path:
     return path
 
 
-def test_signals_at_every_stage_then_resume_give_one_bitwise_equal_run(tmp_path, uninterrupted):
+def test_kill_9_and_signals_at_every_stage_then_resume_give_one_bitwise_equal_run(tmp_path, uninterrupted):
     cwd, pauses = tmp_path, tmp_path / "pauses"
-    # Before the first step, during training (a second signal arriving during the save), during
-    # validation (SIGINT), during the final test (Slurm's SIGUSR1); each time `trainer.resume=auto`
-    # continues the run (the last time, `trainer.resume=<run dir>`).
-    attempts = [
-        ((), [("setup", signal.SIGTERM)]),
-        (("trainer.resume=auto",), [("train:8", signal.SIGTERM), ("save:2", signal.SIGTERM)]),
-        (("trainer.resume=auto",), [("eval:3", signal.SIGINT)]),  # eval 1 is the model summary
-        (("trainer.resume=auto",), [("eval:15", signal.SIGUSR1)]),  # 6 val batches of epoch 2 and 3, then test
-    ]
-    results = [run_with_pauses(cwd, *BASE, *extra, stops=stops, pauses=pauses / str(n))
-               for n, (extra, stops) in enumerate(attempts)]
+    # 1. kill -9 inside the save at the end of epoch 2, after epoch 2 was logged: last.pt is the
+    #    periodic save at step 8 (epoch 2, step 2), so the resume must drop epoch 2's line and points.
+    killed = run_with_pauses(cwd, *BASE, "trainer.save_every_steps=4", stops=[("save:4", signal.SIGKILL)],
+                             pauses=pauses / "0")
+    assert killed.returncode == -signal.SIGKILL
     run_dir = only_run_dir(cwd / "outputs")
+    status = read_json(run_dir / "status.json")
+    assert status["status"] == "running" and effective_status(status) == "stale"
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert (last["position"]["epoch"], last["position"]["step"], last["metrics_lines"]) == (2, 2, 1)
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+    # 2. SIGTERM in epoch 3, a second one arriving during the save; 3. SIGINT during epoch 3's
+    # validation; 4. SIGUSR1 (Slurm's) during the final test; each time `trainer.resume=auto`.
+    attempts = [
+        [("train:7", signal.SIGTERM), ("save:2", signal.SIGTERM)],  # forward 7: epoch 3, step 3 (saves: epoch 2 end, this)
+        [("eval:3", signal.SIGINT)],  # eval 1 is the model summary, 2-7 epoch 3's validation
+        [("eval:9", signal.SIGUSR1)],  # epoch 3's validation again (2-7), then the test (8-13)
+    ]
+    results = [run_with_pauses(cwd, *BASE, "trainer.resume=auto", stops=stops, pauses=pauses / str(n))
+               for n, stops in enumerate(attempts, start=1)]
     results.append(run_cli(*BASE, f"trainer.resume={run_dir}", cwd=cwd, env=ENV, timeout=TIMEOUT))
 
-    assert [r.returncode for r in results] == [143, 143, 130, 138, 0], [r.stderr for r in results]
-    assert [r.stderr.strip() for r in results[:4]] == [
-        "dlrun: interrupted: stopped by SIGTERM at epoch 1, step 0 of 6; last.pt holds this position",
-        "dlrun: interrupted: stopped by SIGTERM at epoch 2, step 2 of 6; last.pt holds this position "
+    assert [r.returncode for r in results] == [143, 130, 138, 0], [r.stderr for r in results]
+    assert [r.stderr.strip() for r in results[:3]] == [
+        "dlrun: interrupted: stopped by SIGTERM at epoch 3, step 3 of 6; last.pt holds this position "
         "(and 1 more signal(s) while stopping, ignored)",
-        "dlrun: interrupted: stopped by SIGINT at epoch 2 (trained, not yet validated); last.pt holds this position",
+        "dlrun: interrupted: stopped by SIGINT at epoch 3 (trained, not yet validated); last.pt holds this position",
         "dlrun: interrupted: stopped by SIGUSR1 during the final test; training is complete; resuming runs the test again"]
     assert [p.parent for p in (cwd / "outputs").glob("**/.hydra")] == [run_dir]  # no stub directories left
 
     status = read_json(run_dir / "status.json")
     assert status["status"] == "completed"
-    attempts_recorded = status["attempts"]
-    assert [(a["outcome"], a.get("signal")) for a in attempts_recorded] == [
-        ("interrupted", "SIGTERM"), ("interrupted", "SIGTERM"), ("interrupted", "SIGINT"), ("interrupted", "SIGUSR1"),
+    assert [(a["outcome"], a.get("signal")) for a in status["attempts"]] == [
+        ("stale", None), ("interrupted", "SIGTERM"), ("interrupted", "SIGINT"), ("interrupted", "SIGUSR1"),
         ("completed", None)]
-    assert [a["from"] and (a["from"]["epoch"], a["from"]["step"]) for a in attempts_recorded] == [
-        None, (1, 0), (2, 2), (2, 6), (4, 0)]
-    assert attempts_recorded[1]["overrides"][-1] == "trainer.resume=auto"
+    assert [a["from"] and (a["from"]["epoch"], a["from"]["step"]) for a in status["attempts"]] == [
+        None, (2, 2), (3, 3), (3, 6), (4, 0)]
+    assert status["attempts"][1]["overrides"][-1] == "trainer.resume=auto"
     log = (run_dir / "dlrun.log").read_text()
     assert log.count("resuming from") == 4 and log.count("epoch 3/3") == 1
-    assert "SIGINT received: saving epoch 2 (trained, not yet validated) to last.pt and stopping" in log
+    assert "SIGINT received: saving epoch 3 (trained, not yet validated) to last.pt and stopping" in log
 
-    Outcome(run_dir).assert_equals(uninterrupted)
-
-
-def test_kill_9_during_a_save_resumes_from_the_periodic_checkpoint_and_drops_later_lines(tmp_path, uninterrupted):
-    # Saves: step 4 (periodic), end of epoch 1, step 8 (periodic), end of epoch 2: killed inside that
-    # one, after epoch 2 was logged. last.pt holds epoch 2, step 2.
-    periodic = "trainer.save_every_steps=4"
-    killed = run_with_pauses(tmp_path, *BASE, periodic, stops=[("save:4", signal.SIGKILL)], pauses=tmp_path / "p")
-    assert killed.returncode == -signal.SIGKILL
-    run_dir = only_run_dir(tmp_path / "outputs")
-    status = read_json(run_dir / "status.json")
-    assert status["status"] == "running" and effective_status(status) == "stale"
-    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert (last["position"]["epoch"], last["position"]["step"], last["metrics_lines"]) == (2, 2, 1)
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2  # epoch 2 was logged before the kill
-
-    resumed = run_cli(*BASE, periodic, "trainer.resume=auto", cwd=tmp_path, env=ENV, timeout=TIMEOUT)
-    assert resumed.returncode == 0, resumed.stderr
-    assert only_run_dir(tmp_path / "outputs") == run_dir
-    assert [a["outcome"] for a in read_json(run_dir / "status.json")["attempts"]] == ["stale", "completed"]
     Outcome(run_dir).assert_equals(uninterrupted)
 
 

@@ -15,6 +15,7 @@ import torch
 
 from conftest import compose_config, read_json
 from dataset_files import REPETITIVE_TEXT, write_image_folder, write_text
+import dlrun.train
 from dlrun import checkpoint
 from dlrun.data import build_data
 from dlrun.data.files import FileLoader
@@ -111,6 +112,20 @@ def test_the_save_schedule_counts_steps_and_minutes_without_touching_tensors():
     now[0] = 1199.0
     assert not minutes.due(3)
     assert not SaveSchedule(None, None).due(10**9)
+
+
+def test_a_signal_during_setup_stops_before_the_first_step_and_resumes_exactly(cfg_for, tmp_path, monkeypatch):
+    setup = ("model=mlp", "regularization.dropout=0.3", "debug=smoke", "device.num_threads=1")
+    straight = run(cfg_for(*setup), run_dir=tmp_path / "straight")
+    send_at_call(monkeypatch, dlrun.train, "build_model", 1)
+    with pytest.raises(Interrupted, match="stopped by SIGTERM at epoch 1, step 0 of 2; last.pt holds this position"):
+        run(cfg_for(*setup), run_dir=tmp_path / "outputs" / "stopped")
+    monkeypatch.undo()
+    status = read_json(tmp_path / "outputs" / "stopped" / "status.json")
+    assert (status["status"], status["signal"], status["epoch"], status["step"], status["exit_code"]) == (
+        "interrupted", "SIGTERM", 1, 0, 143)
+    resumed = run(cfg_for(*setup, "trainer.resume=auto"), run_dir=tmp_path / "outputs" / "fresh")
+    assert untimed(resumed["final"]) == untimed(straight["final"]) and resumed["test"] == straight["test"]
 
 
 def test_a_language_model_stopped_mid_epoch_resumes_with_its_carried_state(cfg_for, tmp_path, monkeypatch):
