@@ -26,8 +26,8 @@ SPLITS = ("train/", "val/", "test/")
 
 
 def train_folds(cfg: DictConfig, run_dir: Path, epochs: int, in_place: bool,
-                train_fold: Callable[[int, Path, Optional[Path]], dict[str, Any]]) -> dict[str, Any]:
-    """Call `train_fold(k, fold_dir, checkpoint)` for every fold; summarize them all.
+                train: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Call `train(fold_dir, fold=k, resume_from=checkpoint, in_place=...)` for every fold; summarize them all.
 
     Continuing the run in place (`in_place`), a fold that completed is not trained again and
     an unfinished one continues from its own last.pt (`checkpoint`; None: from scratch).
@@ -45,7 +45,7 @@ def train_folds(cfg: DictConfig, run_dir: Path, epochs: int, in_place: bool,
             source = last if in_place and last.exists() else None
             if source is None:
                 clear_training_outputs(fold_dir)
-            summary = train_fold(fold, fold_dir, source)
+            summary = train(fold_dir, fold=fold, resume_from=source, in_place=source is not None)
         metrics = {name: value for name, value in {**summary["final"], **summary["test"]}.items()
                    if name.startswith(SPLITS)}
         rows.append({"fold": fold, "best_epoch": summary["best_epoch"], **metrics})

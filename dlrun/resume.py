@@ -156,12 +156,13 @@ def _run_dir_of(path: Path, resume: str) -> Path:
 def _require_same_config(cfg: DictConfig, target: Path, fingerprint: str, resume: str) -> None:
     """Continuing in place keeps the run one experiment: the configs may differ only in resume-insensitive keys."""
     recorded = (read_status(target) or {}).get("config_fingerprint")
-    last = target / "checkpoints" / LAST
-    saved_config = load_checkpoint(last)["config"] if last.exists() else None
-    if recorded is None and saved_config is not None:
-        recorded = config_fingerprint(OmegaConf.create(saved_config))
     if recorded == fingerprint:
         return
+    last = target / "checkpoints" / LAST
+    saved_config = load_checkpoint(last)["config"] if last.exists() else None  # read only on this rare path
+    if recorded is None and saved_config is not None:  # no status.json: the checkpoint's config decides
+        if config_fingerprint(OmegaConf.create(saved_config)) == fingerprint:
+            return
     differences = _differences(saved_config, OmegaConf.to_container(cfg, resolve=True)) if saved_config else []
     which = f" ({'; '.join(differences[:3])})" if differences else ""
     raise CheckpointError(f"trainer.resume={resume}: that run has another config{which}; continue it with the "

@@ -12,6 +12,7 @@ import math
 import random
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -81,9 +82,7 @@ def _run(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
     try:
         if cfg.trainer.kfold:
             summary = train_folds(cfg, run_dir, planned_epochs(cfg), plan.in_place,
-                                  lambda fold, fold_dir, source: train(cfg, fold_dir, fold=fold, resume_from=source,
-                                                                       in_place=source is not None, stop=stop,
-                                                                       status=status))
+                                  partial(train, cfg, stop=stop, status=status))
         else:
             summary = train(cfg, run_dir, resume_from=plan.checkpoint, in_place=plan.in_place, stop=stop,
                             status=status)
