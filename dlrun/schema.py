@@ -245,10 +245,9 @@ def _check_type(key: str, value: Any, annotation: Any, default: Any = inspect.Pa
     length = _tuple_length(annotation)
     if length is not None and value is not None:
         if not isinstance(value, (list, tuple)) or len(value) != length:
-            example = default if isinstance(default, tuple) and len(default) == length else None
-            form = f"[{','.join(str(item) for item in example)}]" if example else f"a list of {length} values"
-            raise ConfigError(f"wrong value for '{key}': expected a list of {length} values, e.g. {key}={form}; "
-                              f"got {value!r}")
+            example = (f", e.g. {key}=[{','.join(str(item) for item in default)}]"
+                       if isinstance(default, tuple) and len(default) == length else "")
+            raise ConfigError(f"wrong value for '{key}': expected a list of {length} values{example}; got {value!r}")
         return
     accepted = _PLAIN_TYPES.get(annotation)
     if accepted is None or value is None:
