@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from conftest import compose_config
+from conftest import compose_config, run_cli
 from dataset_files import write_image_folder, write_leaves
 from dlrun.data import build_data
 from dlrun.data.files import FileLoader
@@ -192,6 +192,26 @@ def test_a_corrupt_image_is_named_in_one_line_or_skipped(tmp_path, caplog):
     assert any("left out 1 of 14 images" in message for message in caplog.messages)  # broken.png, by its header
     assert sum(len(targets) for loader in (data.train, data.test) for _, targets in loader) == 12
     assert any("skipped 1 unreadable image(s)" in message for message in caplog.messages)  # truncated.png
+
+
+def test_the_cli_names_a_corrupt_image_in_one_line_and_exits_2(tmp_path):
+    _write_grey_folder(tmp_path / "images")
+    (tmp_path / "images" / "b" / "3.png").write_bytes(b"GIF89a broken")
+    result = run_cli("dataset=image_folder", f"dataset.root={tmp_path / 'images'}", cwd=tmp_path, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"dlrun: error: cannot read image {tmp_path / 'images' / 'b' / '3.png'} (")
+
+
+def test_streamed_crops_do_not_depend_on_the_number_of_workers(tmp_path):
+    write_image_folder(tmp_path, per_class=16)
+    batches = []
+    for workers in (0, 2):
+        _, data = _data(f"dataset.root={tmp_path}", "dataset.cache=none", f"dataset.num_workers={workers}",
+                        "regularization.augment=imagenet", "trainer.batch_size=8")
+        torch.manual_seed(0)
+        batches.append([inputs for _, (inputs, _) in zip(range(2), data.train)])
+    assert all(torch.equal(a, b) for a, b in zip(*batches))
 
 
 def test_non_images_are_ignored_and_an_empty_class_folder_is_named(tmp_path):
