@@ -60,12 +60,12 @@ def default_budget_bytes() -> int:
 
 
 def folder_fingerprint(paths: Sequence[str]) -> str:
-    """A hash of every file's absolute path, size and modification time, in order."""
-    digest = hashlib.sha256()
+    """A hash of every file's path (absolute, as listed), size and modification time, in order."""
+    lines = []
     for path in paths:
         stat = os.stat(path)
-        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+        lines.append(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 @dataclass

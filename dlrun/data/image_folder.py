@@ -158,7 +158,7 @@ def find_classes(root: str, labels_csv: Optional[str] = None) -> list[str]:
 
 
 def _image_root(root: str) -> Path:
-    folder = Path(root).expanduser()
+    folder = Path(os.path.abspath(Path(root).expanduser()))  # absolute: file paths identify the images in the cache
     if not folder.is_dir():
         raise DataError(f"dataset.root: image folder {folder} not found; expected {folder}/<class>/<image> "
                         "or a CSV of image,label there (dataset.labels_csv)")
