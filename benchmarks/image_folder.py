@@ -108,22 +108,32 @@ def report(root: Path, cache: Path, pixels: np.ndarray, labels: np.ndarray, work
         starts[state] = (configured - started, time.perf_counter() - configured)
     model = build_model(cfg.model)  # one set of initial weights for every path
     streamed = build_data(config(root, "cache=none", workers), torch.device("cpu"), torch.Generator().manual_seed(0))
-    arrays = TensorLoader(TensorSplit(torch.from_numpy(pixels[:, None]), torch.from_numpy(labels)), BATCH_SIZE,
-                          shuffle=True, generator=torch.Generator().manual_seed(0),
-                          transform=lambda batch: batch.float().div_(255))
+    # As many examples as the folder's training split (the rest is its val and test splits).
+    count = cached.train.num_examples
+    arrays = TensorLoader(TensorSplit(torch.from_numpy(pixels[:count, None]).contiguous(),
+                                      torch.from_numpy(labels[:count])), BATCH_SIZE, shuffle=True,
+                          generator=torch.Generator().manual_seed(0), transform=lambda batch: batch.float().div_(255))
     plain_data = datasets.ImageFolder(str(root), transforms.Compose([transforms.Grayscale(), transforms.ToTensor()]))
     plain = DataLoader(plain_data, batch_size=BATCH_SIZE, shuffle=True, num_workers=workers)
 
-    results = {}
-    for name, loader, loop in (("in memory (arrays, TensorLoader)", arrays, dlrun_epoch),
-                               ("folder, decode cache (cache=auto)", cached.train, dlrun_epoch),
-                               (f"folder, streamed (cache=none, {workers} workers)", streamed.train, dlrun_epoch),
-                               (f"plain ImageFolder + DataLoader ({workers} workers)", plain, plain_epoch)):
+    paths = {"in memory (arrays, TensorLoader)": (arrays, dlrun_epoch),
+             "folder, decode cache (cache=auto)": (cached.train, dlrun_epoch),
+             f"folder, streamed (cache=none, {workers} workers)": (streamed.train, dlrun_epoch),
+             f"plain ImageFolder + DataLoader ({workers} workers)": (plain, plain_epoch)}
+    runs = {}
+    for name, (loader, loop) in paths.items():
         net = copy.deepcopy(model)
         optimizer = torch.optim.SGD(net.parameters(), lr=LR)
         examples = loader.num_examples if hasattr(loader, "num_examples") else len(loader.dataset)
-        times = [timed(lambda: loop(net, loader, optimizer)) for _ in range(1 + args.repeats)]
-        results[name] = (examples / times[0], examples / min(times[1:]))
+        runs[name] = (lambda loader=loader, loop=loop, net=net, optimizer=optimizer: loop(net, loader, optimizer),
+                      examples)
+    first = {name: examples / timed(epoch) for name, (epoch, examples) in runs.items()}  # workers start, caches warm
+    # Then the paths take turns, so a burst of load from other processes hits them alike; the best counts.
+    best = {name: 0.0 for name in runs}
+    for _ in range(args.repeats):
+        for name, (epoch, examples) in runs.items():
+            best[name] = max(best[name], examples / timed(epoch))
+    results = {name: (first[name], best[name]) for name in runs}
 
     # In fresh processes; the first probe of a size finds the cache empty, the second reuses its files.
     memory = {(size, state): probe_memory(root, size, workers, cache / "probe")
