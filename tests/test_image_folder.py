@@ -235,6 +235,8 @@ def test_the_cache_budget_decides_memory_or_streaming(tmp_path):
     assert isinstance(data.train, TensorLoader)
     with pytest.raises(ConfigError, match=r"dataset.cache='disk' is not one of: auto, memory, none"):
         _data(f"dataset.root={tmp_path}", "dataset.cache=disk")
+    with pytest.raises(ConfigError, match=r"dataset.cache_max_gb=0 is out of range: must be > 0 or null"):
+        _data(f"dataset.root={tmp_path}", "dataset.cache_max_gb=0")
 
 
 @pytest.mark.parametrize("cache", ["auto", "none"])

@@ -53,7 +53,10 @@ def default_budget_bytes() -> int:
     A quarter leaves room for the model, its activations and the transient copy made when the
     splits are cut (train/val/test are copies of the decoded tensor's rows).
     """
-    budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    try:
+        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume a small machine
+        budget = 2 * 2**30
     if torch.cuda.is_available():  # the decoded tensor then lives on the GPU as well
         budget = min(budget, torch.cuda.get_device_properties(0).total_memory // 4)
     return budget

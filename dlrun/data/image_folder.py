@@ -64,6 +64,10 @@ def load_image_folder(root: str, labels_csv: Optional[str] = None, channels: Uni
     """
     if cache not in CACHE_MODES:
         raise ConfigError(f"dataset.cache={cache!r} is not one of: {', '.join(CACHE_MODES)}")
+    if cache_max_gb is not None and not cache_max_gb > 0:
+        raise ConfigError(f"dataset.cache_max_gb={cache_max_gb} is out of range: must be > 0 or null (a quarter of the RAM)")
+    if num_workers is not None and not (isinstance(num_workers, int) and num_workers >= 0):
+        raise ConfigError(f"dataset.num_workers={num_workers} is out of range: must be >= 0 or null (from the cores)")
     listing = list_images(root, labels_csv)
     workers = default_workers() if num_workers is None else num_workers
     store = FolderCache(listing.folder, labels_csv, workers)
