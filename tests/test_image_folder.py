@@ -136,6 +136,19 @@ def test_grey_stays_one_channel_and_channels_can_be_forced(tmp_path):
         validate(compose_config("dataset=image_folder", f"dataset.root={tmp_path}", "dataset.channels=2"))
 
 
+def test_sixteen_bit_grey_images_keep_their_range(tmp_path):
+    wide = (np.arange(20 * 20).reshape(20, 20) * 160).astype(np.uint16)  # 0 .. 63,840
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for n in range(3):
+            Image.fromarray(wide).save(tmp_path / name / f"{n}.png")
+    assert Image.open(tmp_path / "a" / "0.png").mode == "I;16"
+    cfg, data = _data(f"dataset.root={tmp_path}", "dataset.resize=null")
+    assert list(cfg.dataset.input_shape) == [1, 20, 20]
+    pixels = data.train.split.inputs[0, 0].int()
+    assert (pixels - torch.from_numpy(wide / 257).round().int()).abs().max() == 0  # scaled, not clipped at 255
+
+
 def test_sizes_follow_the_model_or_the_images(tmp_path):
     _write_grey_folder(tmp_path)
     cfg = validate(compose_config("dataset=image_folder", f"dataset.root={tmp_path}", "model=resnet"))

@@ -76,7 +76,7 @@ def decode(path: str, channels: int, size: Optional[tuple[int, int]],
     """
     try:
         with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
+            image = _eight_bit(image).convert("L" if channels == 1 else "RGB")
             if crop is not None:
                 with torch.random.fork_rng(devices=[]):  # the worker's own random stream is left alone
                     torch.default_generator.manual_seed(seed)
@@ -88,6 +88,14 @@ def decode(path: str, channels: int, size: Optional[tuple[int, int]],
         return BadImage(path, _reason(error))
     tensor = torch.from_numpy(pixels)
     return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit grey (microscopes, scanners) scaled to 8 bits, value / 257; PIL's own conversion clips at 255."""
+    if not image.mode.startswith("I"):
+        return image
+    wide = np.asarray(image, dtype=np.float32) / 257
+    return Image.fromarray(wide.clip(0, 255).round().astype(np.uint8), "L")
 
 
 def _reason(error: Exception) -> str:
