@@ -86,7 +86,7 @@ def load_image_folder(root: str, labels_csv: Optional[str] = None, channels: Uni
         readable = tuple(sample for sample in listing.samples if sample[0] not in left_out)
         everything = FileSplit(readable, shape, workers, skip_bad_files)
         reason = "dataset.cache=none" if cache == "none" else (
-            f"{size / 2**30:.1f} GB decoded is over the cache budget of {budget / 2**30:.1f} GB, dataset.cache_max_gb")
+            f"{size / 2**30:.1f} GB decoded > the cache budget of {budget / 2**30:.1f} GB, dataset.cache_max_gb")
         where = f"streamed by {workers} DataLoader workers ({reason})"
     if unreadable:
         log.warning("dataset: left out %d of %d images that cannot be read (dataset.skip_bad_files=true), e.g. %s (%s)",
