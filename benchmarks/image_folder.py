@@ -61,7 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=28)
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: dlrun's, from the cores)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader workers (default: dlrun's, from the cores)")
     parser.add_argument("--threads", type=int, default=1, help="training threads (1: stable on a shared machine)")
     parser.add_argument("--repeats", type=int, default=3, help="epochs after the first per path; the best counts")
     parser.add_argument("--memory-size", type=int, default=96,

@@ -108,8 +108,8 @@ class FolderCache:
                      for info in chunk]
             good = [(info.width, info.height, info.grey) if isinstance(info, ImageInfo) else (0, 0, False)
                     for info in infos]
-            _save(file, {"fingerprint": fingerprint, "width": [w for w, _, _ in good], "height": [h for _, h, _ in good],
-                         "grey": [g for _, _, g in good],
+            _save(file, {"fingerprint": fingerprint, "width": [w for w, _, _ in good],
+                         "height": [h for _, h, _ in good], "grey": [g for _, _, g in good],
                          "bad": {i: info.reason for i, info in enumerate(infos) if isinstance(info, BadImage)}})
         _HEADERS.clear()  # keep one folder's headers: a run reads one folder
         _HEADERS[fingerprint] = infos

@@ -65,7 +65,8 @@ def load_image_folder(root: str, labels_csv: Optional[str] = None, channels: Uni
     if cache not in CACHE_MODES:
         raise ConfigError(f"dataset.cache={cache!r} is not one of: {', '.join(CACHE_MODES)}")
     if cache_max_gb is not None and not cache_max_gb > 0:
-        raise ConfigError(f"dataset.cache_max_gb={cache_max_gb} is out of range: must be > 0 or null (a quarter of the RAM)")
+        raise ConfigError(f"dataset.cache_max_gb={cache_max_gb} is out of range: "
+                          "must be > 0 or null (a quarter of the RAM)")
     if num_workers is not None and not (isinstance(num_workers, int) and num_workers >= 0):
         raise ConfigError(f"dataset.num_workers={num_workers} is out of range: must be >= 0 or null (from the cores)")
     listing = list_images(root, labels_csv)
@@ -125,7 +126,8 @@ def settle_shape(listing: Listing, store: FolderCache, fingerprint: str, channel
         raise bad_image_error(bad[0])
     good = [info for info in infos if isinstance(info, ImageInfo)]
     if not good:
-        raise DataError(f"{listing.folder}: none of the {len(infos)} images can be read, e.g. {bad[0].path} ({bad[0].reason})")
+        raise DataError(f"{listing.folder}: none of the {len(infos)} images can be read, "
+                        f"e.g. {bad[0].path} ({bad[0].reason})")
     if channels == "auto":
         channels = 1 if all(info.grey for info in good) else 3
     if resize is not None:
