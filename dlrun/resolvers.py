@@ -92,11 +92,20 @@ def image_folder_classes(root: str, labels_csv: str | None = None) -> int:
     return len(find_classes(root, labels_csv))
 
 
+def image_folder_shape(root: str, labels_csv: str | None, channels: str | int, resize: int | None,
+                       skip_bad_files: bool = False) -> list[int]:
+    """(C, H, W) an image folder is decoded at: channels from the images when `auto`, size from `resize`."""
+    from dlrun.data.image_folder import folder_shape
+
+    return folder_shape(root, labels_csv, channels, resize, skip_bad_files)
+
+
 OmegaConf.register_new_resolver("dlrun.data_root", data_root, replace=True)
 OmegaConf.register_new_resolver("dlrun.text_vocab_size", text_vocab_size, replace=True)
 OmegaConf.register_new_resolver("dlrun.csv_num_features", csv_num_features, replace=True)
 OmegaConf.register_new_resolver("dlrun.csv_num_outputs", csv_num_outputs, replace=True)
-OmegaConf.register_new_resolver("dlrun.image_folder_classes", image_folder_classes, replace=True)
+OmegaConf.register_new_resolver("dlrun.image_folder_classes", image_folder_classes, replace=True, use_cache=True)
+OmegaConf.register_new_resolver("dlrun.image_folder_shape", image_folder_shape, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("dlrun.image_shape", image_shape, replace=True)
 OmegaConf.register_new_resolver("dlrun.suffix", suffix, replace=True)
 OmegaConf.register_new_resolver("dlrun.sweep_dir", sweep_dir, replace=True)

@@ -55,6 +55,8 @@ class RegularizationConfig:
     label_smoothing: float = 0.0
     # Batch-wise training-set augmentation on the device: one of data.augment.AUGMENTS.
     augment: str = "none"
+    # Area range (fractions of the image) of augment=imagenet's random resized crop.
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     # Max gradient norm; 0 turns clipping off, null uses the task's default (language models: 1).
     grad_clip: Optional[float] = None
     # Stop after this many epochs without a better validation metric; 0 = never.
@@ -304,6 +306,9 @@ def _check_ranges(c: dict[str, Any]) -> None:
                           f"dataset.task is {c['dataset'].get('task')!r}")
     if reg["augment"] not in AUGMENTS:
         raise ConfigError(f"regularization.augment={reg['augment']!r} is not one of: {', '.join(AUGMENTS)}")
+    scale = reg["crop_scale"]
+    require(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, "regularization.crop_scale", scale,
+            "must be [min, max] area fractions with 0 < min <= max <= 1, e.g. [0.08,1.0]")
     patience = reg["early_stopping"]
     require(patience >= 0, "regularization.early_stopping", patience, "must be >= 0 (0 = off)")
     clip = reg["grad_clip"]

@@ -21,6 +21,14 @@ def compose_config(*overrides: str) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
+@pytest.fixture(autouse=True)
+def decode_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Image folders' decode caches go to a fresh temporary folder (for subprocesses too), never ~/.cache."""
+    folder = tmp_path_factory.mktemp("decode_cache")
+    monkeypatch.setenv("DLRUN_CACHE", str(folder))
+    return folder
+
+
 @pytest.fixture
 def cfg_for(tmp_path):
     """compose_config with the run's outputs kept in the test's temporary folder."""

@@ -98,7 +98,7 @@ def test_every_preset_composes_with_every_field_overridable(preset):
     ("regularization.l1=-1", "regularization.l1=-1.0 is out of range: must be >= 0"),
     ("regularization.label_smoothing=1.0", "regularization.label_smoothing=1.0 is out of range: must be in [0, 1)"),
     ("regularization.augment=rotate", "regularization.augment='rotate' is not one of: none, flip, flip_crop, "
-                                      "flip_crop_jitter"),
+                                      "flip_crop_jitter, imagenet"),
     ("regularization.early_stopping=-2", "regularization.early_stopping=-2 is out of range: must be >= 0 (0 = off)"),
 ])
 def test_bad_regularization_values_name_the_key(override, message):

@@ -48,6 +48,12 @@ def test_pretrained_weights_load_from_the_cache_and_the_backbone_freezes(torch_h
     torch.testing.assert_close(model.net.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"net.fc.weight", "net.fc.bias"}
+    # Inputs come in [0, 1]; the pretrained model normalizes them as its weights expect.
+    model.eval()
+    grey = torch.rand(2, 1, 32, 32)
+    expected = model.net((grey - 0.449) / 0.226)
+    torch.testing.assert_close(model(grey), expected)
+    assert "input_mean" not in model.state_dict()
     with pytest.raises(ConfigError, match="would overwrite the pretrained weights"):
         _build("model.pretrained=true", "model.init=xavier")
 

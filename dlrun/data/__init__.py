@@ -3,7 +3,7 @@
 A dataset option is a `_target_` that returns `DataSplits`; the keys listed in
 `schema.META_KEYS["dataset"]` are read here instead (task, shape, resize, subset, val split).
 In-memory splits (`TensorSplit`) move to the training device and are batched there by
-`TensorLoader`; file-backed ones (`FileSplit`) go through `FileLoader`'s worker processes.
+`TensorLoader`; streamed image files (`FileSplit`) go through `FileLoader`'s worker processes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from dlrun.data.files import FileLoader, FileSplit
 from dlrun.data.loader import BatchTransform, TensorLoader, compose
 from dlrun.data.splits import DataSplits, TensorSplit, fold_split, split_off
-from dlrun.data.augment import build_augment
+from dlrun.data.augment import AUGMENTS, build_augment
 from dlrun.device import channels_last_transform
 from dlrun.schema import instantiate_group
 
@@ -64,7 +64,13 @@ def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.G
     limit = _smallest(cfg.trainer.limit_batches, cfg.debug.limit_batches)
     # Every batch becomes floats at the model's size; train-only augmentation goes after that.
     prepare = compose(_to_float(parts["train"]), _resize_transform(list(dataset.input_shape), parts["train"]))
-    augment = build_augment(cfg.regularization.augment, list(dataset.input_shape))
+    regularization = cfg.regularization
+    # Streamed files get their random resized crop in the workers, from the full-size image.
+    streamed = isinstance(parts["train"], FileSplit)
+    if streamed and AUGMENTS[regularization.augment].resized_crop:
+        parts["train"] = parts["train"].with_crop(regularization.crop_scale)
+    augment = build_augment(regularization.augment, list(dataset.input_shape), regularization.crop_scale,
+                            crop_in_workers=streamed)
     # The memory format comes last: augmentations build new (contiguous NCHW) tensors.
     to_channels_last = channels_last_transform(cfg.device.channels_last)
     eval_transform = compose(prepare, to_channels_last)
@@ -97,8 +103,9 @@ def _smallest(*limits: Optional[int]) -> Optional[int]:
 
 
 def _to_float(split: Union[TensorSplit, FileSplit]) -> Optional[BatchTransform]:
-    """uint8 pixels (kept so in memory: a quarter of float32) become floats in [0, 1] per batch."""
-    if not isinstance(split, TensorSplit) or split.inputs.dtype != torch.uint8:
+    """uint8 pixels (kept so in memory, and sent so by file workers: a quarter of float32) become
+    floats in [0, 1] per batch."""
+    if isinstance(split, TensorSplit) and split.inputs.dtype != torch.uint8:
         return None
     return lambda batch: batch.float().div_(255)
 

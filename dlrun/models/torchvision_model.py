@@ -11,6 +11,8 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
 IMAGENET_CLASSES = 1000  # torchvision's classification heads are built for ImageNet
+# The channel statistics torchvision's pretrained weights were trained with (inputs in [0, 1]).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class TorchvisionModel(nn.Module):
@@ -20,6 +22,8 @@ class TorchvisionModel(nn.Module):
     summed for one channel, repeated and rescaled for more). `pretrained` loads torchvision's
     default weights from torch's cache, downloading them if needed; `freeze_backbone` trains
     only the new head. Pretrained weights expect ImageNet-sized inputs: set `model.input_size=224`.
+    Every dlrun dataset gives images in [0, 1]; with `pretrained`, the model itself normalizes
+    them with ImageNet's channel statistics, as those weights expect (their means for one channel).
     """
 
     def __init__(self, input_shape: list[int], num_outputs: int, name: str = "resnet18",
@@ -31,6 +35,10 @@ class TorchvisionModel(nn.Module):
         if len(input_shape) != 3:
             raise ValueError(f"torchvision models read images [C, H, W], got input_shape {list(input_shape)}")
         self.pretrained = pretrained
+        mean, std = _input_statistics(input_shape[0]) if pretrained else (torch.zeros(1), torch.ones(1))
+        # Not saved in checkpoints: they follow from `pretrained` and the channels.
+        self.register_buffer("input_mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("input_std", std.view(1, -1, 1, 1), persistent=False)
         self.net = get_model(name, weights=_load_weights(name) if pretrained else None)
         if freeze_backbone:
             self.net.requires_grad_(False)  # the head built below is new, hence trainable
@@ -38,9 +46,19 @@ class TorchvisionModel(nn.Module):
         _replace_head(self.net, num_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pretrained:
+            x = (x - self.input_mean) / self.input_std
         outputs = self.net(x)
         # GoogLeNet and Inception v3 return (logits, aux logits...) while training
         return outputs if isinstance(outputs, torch.Tensor) else outputs.logits
+
+
+def _input_statistics(channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's per-channel mean and std for RGB; their averages for any other number of channels."""
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    if channels == 3:
+        return mean, std
+    return mean.mean().expand(channels).clone(), std.mean().expand(channels).clone()
 
 
 def _load_weights(name: str) -> torchvision.models.WeightsEnum:
