@@ -15,12 +15,18 @@ containers):
   (the epoch early stopping ended training, or None), `elapsed_s` (training time so far).
 - `metrics_lines`: how many lines of the run's metrics.jsonl belong to this state; a resume
   drops the lines after them (and TensorBoard purges the steps after `epoch`).
-- `rng`: Python, NumPy, torch CPU and CUDA, and the data-shuffling generator.
+- `rng`: Python, NumPy, torch CPU and CUDA, and the data-shuffling generator; from a run on
+  several processes also `ranks`, the other processes' states (all but the shared shuffling
+  generator) in rank order from rank 1. A process without saved states draws its own.
 - `config`: the resolved config of the run that wrote it.
 
 `last.pt` is rewritten at every epoch end, on the save schedule inside epochs and when a stop
 signal arrives (dlrun.saving); `best.pt` at the epoch ends that improve the monitored metric.
 Both are written atomically and durably (dlrun.atomic).
+
+A checkpoint does not depend on how many processes wrote it (dlrun.distributed): positions
+count global optimizer steps in the global batch order, and their sums and step losses are
+totals over all processes; a run continues it on any number of processes.
 """
 
 from __future__ import annotations
@@ -74,7 +80,15 @@ def rng_states(shuffle_generator: torch.Generator) -> dict[str, Any]:
     }
 
 
-def restore_rng_states(states: dict[str, Any], shuffle_generator: torch.Generator) -> None:
+def restore_rng_states(states: dict[str, Any], shuffle_generator: torch.Generator, rank: int = 0) -> bool:
+    """Restore the states process `rank` saved (rank 0's elsewhere); False when it saved none of its own."""
+    others = states.get("ranks") or []
+    own = states if rank == 0 or rank > len(others) else {**others[rank - 1], "shuffle": states["shuffle"]}
+    _restore_rng(own, shuffle_generator)
+    return own is not states or rank == 0
+
+
+def _restore_rng(states: dict[str, Any], shuffle_generator: torch.Generator) -> None:
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy_state = states["numpy"]
@@ -171,6 +185,7 @@ class Progress:
     metrics_lines: int = 0  # lines of metrics.jsonl written up to this state
     position: Optional[EpochPosition] = None  # set when resuming inside an epoch
     resumed_from: Optional[str] = None
+    own_rng_restored: bool = True  # False: a process other than rank 0 found no RNG states of its own
 
     def resume_point(self) -> dict[str, Any]:
         """Where training continues: `step` steps into `epoch`, and in words (status.json, the log)."""
@@ -216,8 +231,8 @@ def training_state(cfg: DictConfig, objects: TrainingObjects, progress: Progress
 
 
 def restore_training_state(source: Path, objects: TrainingObjects, device: torch.device,
-                           checkpoints: Path) -> Progress:
-    """Load `source` into the live objects and return the run's progress.
+                           checkpoints: Path, rank: int = 0) -> Progress:
+    """Load `source` into the live objects and return the run's progress (`rank`: whose RNG states).
 
     When `source` lies in another run (branching off with trainer.resume=<file>), its last.pt
     and best.pt are copied into `checkpoints`, so the new run directory is complete even
@@ -233,18 +248,19 @@ def restore_training_state(source: Path, objects: TrainingObjects, device: torch
     except (RuntimeError, ValueError, KeyError) as error:
         raise CheckpointError(
             f"checkpoint {source} does not fit this model/optimizer: {str(error).splitlines()[0]}") from None
-    restore_rng_states(state["rng"], objects.shuffle_generator)
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    for name, original in ((LAST, source), (BEST, source.parent / BEST)):
-        if original.exists() and original.resolve() != (checkpoints / name).resolve():
-            shutil.copy2(original, checkpoints / name)
+    own_rng = restore_rng_states(state["rng"], objects.shuffle_generator, rank)
+    if rank == 0:  # rank 0 alone writes the run directory
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        for name, original in ((LAST, source), (BEST, source.parent / BEST)):
+            if original.exists() and original.resolve() != (checkpoints / name).resolve():
+                shutil.copy2(original, checkpoints / name)
     position = state.get("position")
     return Progress(epoch=state["epoch"], global_step=state.get("global_step", 0),
                     best_value=state["best"]["value"], best_epoch=state["best"]["epoch"],
                     stopped_early=state.get("stopped_early"), history=state.get("metrics", {}),
                     elapsed_s=state.get("elapsed_s", 0.0), metrics_lines=state.get("metrics_lines", state["epoch"]),
                     position=EpochPosition.from_state_dict(position, device) if position else None,
-                    resumed_from=str(source))
+                    resumed_from=str(source), own_rng_restored=own_rng)
 
 
 def _to_lists(value: Any) -> Any:

@@ -49,25 +49,30 @@ def gpu_for_job(job_num: int, device_count: int, parallel: int) -> int:
     return job_num % device_count if parallel > 1 and device_count > 1 else 0
 
 
-def select_device(kind: str, job_num: int = 0) -> torch.device:
-    """`auto` picks CUDA when a GPU is present; `cuda` without one is an error, not a fallback."""
+def select_device(kind: str, job_num: int = 0, local_rank: Optional[int] = None) -> torch.device:
+    """`auto` picks CUDA when a GPU is present; `cuda` without one is an error, not a fallback.
+
+    One of several processes of a run (`local_rank`, dlrun.distributed) takes its own GPU.
+    """
     if kind == "auto":
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA GPU is available here; use device=cpu or device=auto")
     if kind != "cuda":
         return torch.device(kind)
-    index = gpu_for_job(job_num, torch.cuda.device_count(), parallel_jobs())
+    count = torch.cuda.device_count()
+    index = local_rank % count if local_rank is not None else gpu_for_job(job_num, count, parallel_jobs())
     torch.cuda.set_device(index)  # so libraries that allocate on "the current GPU" follow the job
     return torch.device("cuda", index)
 
 
-def configure_backends(device_cfg: DictConfig) -> None:
+def configure_backends(device_cfg: DictConfig, processes_here: int = 1) -> None:
     """Process-wide settings; call before the first CUDA operation (cuBLAS reads its env var once).
 
-    CPU threads: as asked, or this job's share of the cores in a parallel sweep.
+    CPU threads: as asked, or this process's share of the cores when a parallel sweep or a run
+    on several processes (`processes_here` of them on this host) shares them.
     """
-    threads = threads_per_job(device_cfg.num_threads, available_cores(), parallel_jobs())
+    threads = threads_per_job(device_cfg.num_threads, available_cores(), parallel_jobs() * processes_here)
     if threads is not None:
         torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = bool(device_cfg.cudnn_benchmark) and not device_cfg.deterministic

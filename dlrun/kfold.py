@@ -26,11 +26,12 @@ SPLITS = ("train/", "val/", "test/")
 
 
 def train_folds(cfg: DictConfig, run_dir: Path, epochs: int, in_place: bool,
-                train: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+                train: Callable[..., dict[str, Any]], writes: bool = True) -> dict[str, Any]:
     """Call `train(fold_dir, fold=k, resume_from=checkpoint, in_place=...)` for every fold; summarize them all.
 
     Continuing the run in place (`in_place`), a fold that completed is not trained again and
     an unfinished one continues from its own last.pt (`checkpoint`; None: from scratch).
+    `writes`: False for the processes of a distributed run other than rank 0, which only train.
     """
     started = time.perf_counter()
     folds = cfg.trainer.kfold
@@ -38,12 +39,13 @@ def train_folds(cfg: DictConfig, run_dir: Path, epochs: int, in_place: bool,
     for fold in range(folds):
         log.info("fold %d/%d", fold + 1, folds)
         fold_dir = run_dir / f"fold_{fold}"
-        fold_dir.mkdir(parents=True, exist_ok=True)
+        if writes:
+            fold_dir.mkdir(parents=True, exist_ok=True)
         summary = _completed_fold(fold_dir, epochs) if in_place else None
         if summary is None:
             last = fold_dir / "checkpoints" / LAST
             source = last if in_place and last.exists() else None
-            if source is None:
+            if source is None and writes:
                 clear_training_outputs(fold_dir)
             summary = train(fold_dir, fold=fold, resume_from=source, in_place=source is not None)
         metrics = {name: value for name, value in {**summary["final"], **summary["test"]}.items()
@@ -60,8 +62,9 @@ def train_folds(cfg: DictConfig, run_dir: Path, epochs: int, in_place: bool,
               "final": {name: value for name, value in mean.items() if not name.startswith("test/")},
               "test": {name: value for name, value in mean.items() if name.startswith("test/")},
               "folds": rows, "mean": mean, "std": std, "duration_s": time.perf_counter() - started,
-              "device": device, "environment": summary["environment"]}
-    write_json(run_dir / SUMMARY_FILE, result)
+              "device": device, "world_size": summary.get("world_size", 1), "environment": summary["environment"]}
+    if writes:
+        write_json(run_dir / SUMMARY_FILE, result)
     logs.console.print(_table(rows, names, mean, std))
     log.info("%d-fold %s: %s", folds, monitor, f"{mean[monitor]:.4f} ± {std[monitor]:.4f}")
     return result

@@ -72,6 +72,25 @@ class MetricsLog:
         self.close()
 
 
+class NoMetricsLog:
+    """A MetricsLog that writes nothing: what the processes other than rank 0 of a run hold."""
+
+    lines = 0
+    writer = None
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def write_text(self, tag: str, text: str, step: int) -> None:
+        pass
+
+    def __enter__(self) -> "NoMetricsLog":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
 def keep_first_lines(path: Path, count: int) -> int:
     """Cut a JSON-lines file to its first `count` complete lines (atomically); return how many remain."""
     if not path.exists():

@@ -67,6 +67,12 @@ class StopSignals:
     def name(self) -> str:
         return signal_name(self.signum) if self.signum is not None else ""
 
+    def adopt(self, signum: int) -> None:
+        """Stop as if `signum` had arrived here: the processes of a run stop together on a signal
+        any of them received (dlrun.distributed)."""
+        if self.signum is None:
+            self.signum = signum
+
     def interrupted(self, message: str, epoch: Optional[int] = None, step: Optional[int] = None) -> Interrupted:
         """The exception that ends the run after the stop has been handled."""
         assert self.signum is not None, "no stop signal was received"

@@ -28,9 +28,9 @@ STATUS_FILE = "status.json"
 SUMMARY_FILE = "summary.json"
 # Keys that may change between a run and its continuation without making it another experiment.
 RESUME_INSENSITIVE_KEYS = ("trainer.resume", "trainer.epochs", "trainer.save_every_steps", "trainer.save_every_minutes",
-                           "output_root", "name", "sweep.resume")
+                           "output_root", "name", "sweep.resume", "device.dist_timeout_min")
 # What status.json records of how each attempt ended.
-ATTEMPT_OUTCOME_KEYS = ("error", "exit_code", "signal", "epoch", "step")
+ATTEMPT_OUTCOME_KEYS = ("error", "exit_code", "signal", "epoch", "step", "rank")
 # What a run writes while training; cleared (with any fold_*/) before a run starts again from scratch.
 TRAINING_OUTPUTS = ("tb", "checkpoints", "metrics.jsonl", SUMMARY_FILE, "model_summary.txt")
 
@@ -63,9 +63,15 @@ class RunStatus:
     outcome of the latest attempt (`error`, `exit_code`; `signal`, `epoch`, `step` for a stop).
     `attempts` lists every attempt in this directory: started, ended, host, pid, overrides,
     `from` (the checkpoint position it continued from, null for a fresh start) and outcome.
+
+    A run on several processes (dlrun.distributed): rank 0 writes it; another process whose own
+    failure ends the run records it through `RunStatus.of_attempt` (its error starts with
+    `rank <n>:`, and `rank` says which). A failure one process recorded is never overwritten by
+    another: the others fail after it, at their next exchange with the process that is gone.
     """
 
     def __init__(self, run_dir: Path, fingerprint: Optional[str], overrides: Iterable[str] = ()) -> None:
+        self.rank = 0
         self.path = Path(run_dir) / STATUS_FILE
         self.fingerprint = fingerprint
         previous = read_status(run_dir)
@@ -77,6 +83,19 @@ class RunStatus:
                                         "pid": os.getpid(), "overrides": list(overrides), "from": None,
                                         "outcome": "running"}
         self.attempts.append(self.attempt)
+        self.pid_started = _process_start(os.getpid())
+
+    @classmethod
+    def of_attempt(cls, run_dir: Path, rank: int) -> Optional["RunStatus"]:
+        """The attempt rank 0 started in `run_dir`, for process `rank` to record its failure (None: no status.json)."""
+        current = read_status(run_dir)
+        if not current or not current.get("attempts"):
+            return None
+        status = cls.__new__(cls)
+        status.rank, status.path, status.fingerprint = rank, Path(run_dir) / STATUS_FILE, current["config_fingerprint"]
+        status.attempts, status.started = current["attempts"], current["started"]
+        status.attempt, status.pid_started = status.attempts[-1], current.get("pid_started")
+        return status
 
     def continuing_from(self, where: dict[str, Any]) -> None:
         """Record where this attempt starts ({"checkpoint", "epoch", "step", "position"}; the first one
@@ -87,13 +106,17 @@ class RunStatus:
 
     def write(self, status: str, **outcome: Any) -> None:
         """Set the status; `outcome` (error, exit_code, signal, epoch, step) describes this attempt's end."""
+        if self._failure_of_another_process():
+            return
+        if self.rank:
+            outcome["rank"] = self.rank
         now = _iso(time.time())
         self.attempt["outcome"] = status
         self.attempt["ended"] = None if status == "running" else now
         self.attempt.update({key: value for key, value in outcome.items() if key in ATTEMPT_OUTCOME_KEYS})
         write_json(self.path, {"status": status, "config_fingerprint": self.fingerprint, "started": self.started,
                                "updated": now, "host": self.attempt["host"], "pid": self.attempt["pid"],
-                               "pid_started": _process_start(os.getpid()), **outcome, "attempts": self.attempts})
+                               "pid_started": self.pid_started, **outcome, "attempts": self.attempts})
 
     def ended_by(self, error: BaseException) -> None:
         """Record how an exception ended the attempt: interrupted (a signal), diverged, or failed."""
@@ -106,7 +129,15 @@ class RunStatus:
         elif isinstance(error, TrainingDiverged):
             self.write("diverged", error=str(error), exit_code=error.exit_code)
         else:
-            self.write("failed", error=f"{type(error).__name__}: {error}", exit_code=getattr(error, "exit_code", 1))
+            rank = f"rank {self.rank}: " if self.rank else ""
+            self.write("failed", error=f"{rank}{type(error).__name__}: {error}", exit_code=getattr(error, "exit_code", 1))
+
+    def _failure_of_another_process(self) -> bool:
+        """Whether status.json holds a failure of this attempt that another process of the run recorded."""
+        current = read_status(self.path.parent) or {}
+        attempts = current.get("attempts") or [{}]
+        return (current.get("status") == "failed" and current.get("rank", 0) != self.rank
+                and attempts[-1].get("started") == self.attempt["started"])
 
 
 def read_status(run_dir: Path) -> Optional[dict[str, Any]]:

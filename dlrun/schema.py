@@ -73,6 +73,10 @@ class DeviceConfig:
     cudnn_benchmark: bool = True
     deterministic: bool = False
     num_threads: Optional[int] = None
+    # Several processes (torchrun, a multi-task Slurm job): BatchNorm over the global batch (CUDA only),
+    # and how long a process waits for the others at an exchange before the run fails.
+    sync_batchnorm: bool = False
+    dist_timeout_min: float = 30.0
 
 
 @dataclass
@@ -341,3 +345,5 @@ def _check_ranges(c: dict[str, Any]) -> None:
             raise ConfigError(f"device.{key}={device[key]!r} is not one of: {', '.join(choices)}")
     threads = device["num_threads"]
     require(threads is None or threads >= 1, "device.num_threads", threads, "must be >= 1 or null")
+    timeout = device["dist_timeout_min"]
+    require(timeout > 0, "device.dist_timeout_min", timeout, "must be > 0 (minutes)")

@@ -188,14 +188,21 @@ def show(summary: SweepSummary, console: Optional[Console] = None) -> None:
 
 
 class Leaderboard(Callback):
-    """Hydra callback: shares the machine among parallel jobs at the start, writes the leaderboard at the end."""
+    """Hydra callback: shares the machine among parallel jobs at the start, writes the leaderboard at the end.
+
+    Under torchrun (a sweep whose every job runs on all the processes) rank 0 alone does either.
+    """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if os.environ.get("RANK", "0") != "0":
+            return
         parallel = parallel_jobs_of(config.hydra)
         if parallel > 1:  # inherited by the job processes that joblib and submitit start from here
             os.environ[PARALLEL_JOBS_ENV] = str(parallel)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if os.environ.get("RANK", "0") != "0":
+            return
         summary = summarize(Path(config.hydra.sweep.dir))
         write_summary(summary)
         show(summary)

@@ -2,7 +2,9 @@
 
 `run(cfg)` is what the CLI calls and what tests call with a config from Hydra's compose API.
 Which run an attempt continues is dlrun.resume's; when last.pt is written (epoch ends, a
-schedule inside epochs, stop signals) is dlrun.saving's; signals themselves dlrun.preemption's.
+schedule inside epochs, stop signals) is dlrun.saving's; signals themselves dlrun.preemption's;
+one run on several processes (torchrun, Slurm) dlrun.distributed's: there `ranks` shares out
+the batches, adds up the metrics, and rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import logging
 import math
 import random
 import time
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -23,10 +24,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
-from dlrun import checkpoint, hparams, logs
+from dlrun import checkpoint, distributed, hparams, logs
 from dlrun.checkpoint import EpochPosition
 from dlrun.data import Loader, build_data
 from dlrun.device import configure_backends, prepare_model, select_device
+from dlrun.distributed import Ranks
 from dlrun.errors import DlrunError
 from dlrun.kfold import train_folds
 from dlrun.models import build_model
@@ -34,7 +36,7 @@ from dlrun.models.summary import summarize
 from dlrun.optim import build_l1_penalty, build_optimizer
 from dlrun.precision import Precision
 from dlrun.preemption import Interrupted, StopSignals
-from dlrun.resume import continue_command, move_into, plan_resume
+from dlrun.resume import ResumePlan, continue_command, move_into, plan_resume
 from dlrun.rundir import SUMMARY_FILE, RunStatus, clear_training_outputs, config_fingerprint, environment, write_json
 from dlrun.saving import Checkpointer, SaveSchedule, check_finite
 from dlrun.schedulers import Scheduler, build_scheduler
@@ -51,71 +53,111 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     directory instead (dlrun.resume). status.json tracks the outcome and the attempts; a
     failure is recorded there and re-raised for the caller. A stop signal ends the run after
     saving where it stands, with `preemption.Interrupted` (exit code 128 + the signal).
+
+    On several processes every one of them calls it: rank 0 picks and writes the run directory
+    (the others' `run_dir` is not used), and they stop together. A failure that not all of them
+    met raises `distributed.OutOfStep`, which ends the process (and a sweep).
     """
     run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(cfg)
     with StopSignals() as stop:
-        summary = _run(cfg, run_dir, stop)
-        if stop.requested:  # too late to stop this run, but a sweep stops before its next job
+        summary, ranks = _run(cfg, run_dir, stop)
+        signum = ranks.agree_now(stop.signum)
+        if signum:  # too late to stop this run, but a sweep stops before its next job
+            stop.adopt(signum)
             raise stop.interrupted(f"{stop.name} received as the run ended; the run is complete")
         return summary
 
 
-def _run(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
+def _run(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> tuple[dict[str, Any], Ranks]:
+    main = distributed.environment_rank() == 0
     try:
         cfg = validate(cfg)
-        fingerprint = config_fingerprint(cfg)
-        plan = plan_resume(cfg, run_dir, fingerprint, planned_epochs(cfg), _in_multirun())
+        ranks = distributed.join(cfg.device)
+        ranks.check(cfg)
     except DlrunError as error:
-        if run_dir.exists():  # Hydra made it already: say there why nothing ran
-            RunStatus(run_dir, fingerprint=None).write("failed", error=str(error), exit_code=error.exit_code)
+        if main:
+            _record_early_failure(run_dir, error)
         raise
-    move_into(run_dir, plan.run_dir)  # continuing another run directory: one run directory remains
+    status: Optional[RunStatus] = None
+
+    def prepare() -> ResumePlan:
+        """Rank 0: which run directory this attempt writes, made ready before the others start training."""
+        nonlocal status
+        fingerprint = config_fingerprint(cfg)
+        try:
+            plan = plan_resume(cfg, run_dir, fingerprint, planned_epochs(cfg), _in_multirun())
+        except DlrunError as error:
+            _record_early_failure(run_dir, error)
+            raise
+        move_into(run_dir, plan.run_dir)  # continuing another run directory: one run directory remains
+        if plan.done is None:
+            plan.run_dir.mkdir(parents=True, exist_ok=True)
+            if plan.clear:
+                clear_training_outputs(plan.run_dir)
+            status = RunStatus(plan.run_dir, fingerprint, hparams.overrides())
+            status.write("running")
+        return plan
+
+    plan = ranks.from_main(prepare)
     run_dir = plan.run_dir
     if plan.done is not None:
         log.info("skipped: %s already completed %s epochs of this config", run_dir, plan.done.get("epochs_completed"))
-        return plan.done
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if plan.clear:
-        clear_training_outputs(run_dir)
-    status = RunStatus(run_dir, fingerprint, hparams.overrides())
-    status.write("running")
+        return plan.done, ranks
     try:
         if cfg.trainer.kfold:
             summary = train_folds(cfg, run_dir, planned_epochs(cfg), plan.in_place,
-                                  partial(train, cfg, stop=stop, status=status))
+                                  partial(train, cfg, stop=stop, status=status, ranks=ranks), writes=ranks.is_main)
         else:
             summary = train(cfg, run_dir, resume_from=plan.checkpoint, in_place=plan.in_place, stop=stop,
-                            status=status)
+                            status=status, ranks=ranks)
     except BaseException as error:
-        status.ended_by(error)
-        if isinstance(error, Interrupted):
+        if status is not None:
+            status.ended_by(error)
+        elif not distributed.in_step(error):  # a failure of this process alone: rank 0 may never hear of it
+            follower = RunStatus.of_attempt(run_dir, ranks.rank)
+            if follower is not None:
+                follower.ended_by(error)
+        if isinstance(error, Interrupted) and ranks.is_main:
             log.info("continue with: %s", continue_command(run_dir))
+        if ranks.distributed and not distributed.in_step(error):
+            distributed.leave()  # the others fail at their next exchange instead of waiting for this process
+            raise distributed.OutOfStep(error) from error
         raise
-    status.write("completed")
-    return summary
+    if status is not None:
+        status.write("completed")
+    return summary, ranks
+
+
+def _record_early_failure(run_dir: Path, error: DlrunError) -> None:
+    """Hydra made the run directory already: say there why nothing ran."""
+    if run_dir.exists():
+        RunStatus(run_dir, fingerprint=None).write("failed", error=str(error), exit_code=error.exit_code)
 
 
 def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_from: Optional[Path] = None,
           in_place: bool = False, stop: Optional[StopSignals] = None,
-          status: Optional[RunStatus] = None) -> dict[str, Any]:
+          status: Optional[RunStatus] = None, ranks: Ranks = Ranks()) -> dict[str, Any]:
     """One training run in `run_dir`; with `fold`, validation is that fold of trainer.kfold (see dlrun.kfold).
 
     `resume_from` is a checkpoint to continue from; `in_place` says it belongs to this run, whose
     metrics.jsonl lines and TensorBoard steps after it are then dropped. `stop` is polled for stop
-    signals (never, when None); `status` records where this attempt started.
+    signals (never, when None); `status` records where this attempt started. `ranks`: the
+    processes of the run (one by default); only rank 0 writes into `run_dir`.
     """
     started = time.perf_counter()
     stop = stop if stop is not None else StopSignals()  # not entered: never requested
-    device = select_device(cfg.device.type, job_num=HydraConfig.get().job.num if _in_multirun() else 0)
-    configure_backends(cfg.device)
+    device = select_device(cfg.device.type, job_num=HydraConfig.get().job.num if _in_multirun() else 0,
+                           local_rank=ranks.local_rank if ranks.distributed else None)
+    configure_backends(cfg.device, processes_here=ranks.local_world)
     precision = Precision(cfg.device.amp, device)
     seed_everything(cfg.seed)
     shuffle_generator = torch.Generator().manual_seed(cfg.seed)
 
-    data = build_data(cfg, device, shuffle_generator, fold=fold)
+    data = build_data(cfg, device, shuffle_generator, fold=fold, shard=ranks.shard)
     regularization = cfg.regularization
     task = build_task(cfg, data)
-    model = build_model(cfg.model, regularization.dropout).to(device)
+    model = ranks.convert_batchnorm(build_model(cfg.model, regularization.dropout), cfg.device.sync_batchnorm)
+    model = model.to(device)
     net = prepare_model(model, cfg.device)  # what runs forward; `model` holds the weights we save
     epochs = planned_epochs(cfg)
     # With no validation split (dataset.val_fraction=0, e.g. d2l's 20-example weight-decay demo)
@@ -131,46 +173,55 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
     progress = checkpoint.Progress()
 
     if resume_from is not None:
-        progress = checkpoint.restore_training_state(resume_from, objects, device, checkpoints)
+        progress = checkpoint.restore_training_state(resume_from, objects, device, checkpoints, ranks.rank)
         if progress.position is not None:
             progress.position.check_fits(len(data.train), len(data.train.split), data.train.shuffle, resume_from)
+            progress.position = ranks.take_share(progress.position)
         where = progress.resume_point()
         log.info("resuming from %s (%s)", resume_from, where["position"])
         if status is not None:
             status.continuing_from({"checkpoint": str(resume_from), **where})
         if progress.epoch >= epochs or progress.stopped_early is not None:
             log.info("nothing left to train: the checkpoint is at epoch %d of %d; testing it", progress.epoch, epochs)
+    if resume_from is None or not progress.own_rng_restored:
+        ranks.seed_own_streams(cfg.seed, progress.global_step)  # dropout of its own on each process
+    train_net = ranks.wrap(net, device)  # DDP on several processes: gradients averaged in backward
 
     # An example from the test loader: it is not augmented, so no random numbers are drawn
     # here (an exact resume depends on the RNG streams being untouched).
     summary = summarize(model, data.test.example_input())
-    _save_model_summary(run_dir, summary)
-    device_line = f"{device}, {torch.get_num_threads()} CPU threads"
+    if ranks.is_main:
+        _save_model_summary(run_dir, summary)
+    processes = f", {ranks.world} processes of batch {cfg.trainer.batch_size // ranks.world}" if ranks.distributed else ""
+    device_line = f"{device}, {torch.get_num_threads()} CPU threads{processes}"
     logs.show_start(hparams.group_choices(), hparams.overrides(), device_line, summary.table())
 
     continue_from = (progress.epoch, progress.metrics_lines) if in_place and resume_from is not None else None
-    with logs.MetricsLog(run_dir, overlay=("loss", task.metric), continue_from=continue_from) as metrics_log:
+    metrics_log = (logs.MetricsLog(run_dir, overlay=("loss", task.metric), continue_from=continue_from)
+                   if ranks.is_main else logs.NoMetricsLog())
+    with metrics_log:
 
         def snapshot(position: Optional[EpochPosition], rng: Optional[dict[str, Any]]) -> dict[str, Any]:
-            if position is not None and not position.finished:
-                position = replace(position, carried=task.carried_state())
             return checkpoint.training_state(cfg, objects, progress, monitor, position, rng,
                                              elapsed_s=progress.elapsed_s + time.perf_counter() - started,
                                              metrics_lines=metrics_log.lines)
 
         schedule = SaveSchedule(cfg.trainer.save_every_steps, cfg.trainer.save_every_minutes)
         saver = Checkpointer(checkpoints, snapshot, schedule, stop, shuffle_generator,
-                             where=f"fold {fold}: " if fold is not None else "")
+                             where=f"fold {fold}: " if fold is not None else "", ranks=ranks,
+                             carried=task.carried_state)
         first_epoch = progress.epoch + 1 if progress.stopped_early is None else epochs + 1
         for epoch in range(first_epoch, epochs + 1):
             position = progress.position or EpochPosition.start(epoch, data.train, progress.global_step, device)
             progress.position = None
             saver.before_steps(position)
-            train_metrics = train_one_epoch(net, data.train, task, optimizer, scheduler, precision, grad_clip,
-                                            penalty, epoch, epochs, position=position, on_step=saver.after_step)
+            train_metrics = train_one_epoch(train_net, data.train, task, optimizer, scheduler, precision, grad_clip,
+                                            penalty, epoch, epochs, position=position, on_step=saver.after_step,
+                                            ranks=ranks)
             training_seconds = position.seconds_so_far()  # train_one_epoch ends with a host sync
             saver.start_validation(position)
-            val_metrics = (evaluate(net, data.val, task, precision, on_batch=saver.during_validation)
+            ranks.sync_buffers(model)  # every process validates with rank 0's BatchNorm statistics
+            val_metrics = (evaluate(net, data.val, task, precision, on_batch=saver.during_validation, ranks=ranks)
                            if validating else {})
             history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
                        "lr": optimizer.param_groups[0]["lr"],
@@ -180,7 +231,7 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
                 scheduler.step(history)
             metrics_log.write(epoch, history)
             log.info(logs.epoch_line(epoch, epochs, history))
-            for tag, text in task.epoch_texts(model).items():
+            for tag, text in (task.epoch_texts(model) if ranks.is_main else {}).items():
                 metrics_log.write_text(tag, text, epoch)
 
             improved = _is_better(history[monitor], progress.best_value, task.mode)
@@ -189,22 +240,25 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
             progress.epoch, progress.history, progress.global_step = epoch, history, position.global_step
             if _patience_ran_out(epoch, progress.best_epoch, regularization.early_stopping):
                 progress.stopped_early = epoch
-            saver.end_of_epoch(improved)  # last.pt (and best.pt); a pending stop signal stops here
+            saver.end_of_epoch(epoch, improved)  # last.pt (and best.pt); a pending stop signal stops here
             if progress.stopped_early is not None:
                 log.info("early stopping after epoch %d: %s has not improved for %d epochs (best: epoch %s)",
                          epoch, monitor, regularization.early_stopping, progress.best_epoch)
                 break
 
         best_path = checkpoints / checkpoint.BEST
-        if best_path.exists():  # test once, on the best epoch's weights
+        if best_path.exists():  # test once, on the best epoch's weights (every process reads rank 0's file)
             model.load_state_dict(checkpoint.load_checkpoint(best_path, map_location=device)["model"])
-        test_metrics = _prefixed("test", evaluate(net, data.test, task, precision, on_batch=saver.during_test))
+        ranks.sync_buffers(model)
+        test_metrics = _prefixed("test", evaluate(net, data.test, task, precision, on_batch=saver.during_test,
+                                                  ranks=ranks))
         duration = progress.elapsed_s + time.perf_counter() - started
         # The run's results, logged as scalars so the HPARAMS tab can show them next to the hparams.
         results = {**test_metrics, monitor.replace("/", "/best_"): _or_nan(progress.best_value),
                    "run/epochs": progress.epoch, "run/duration_s": duration}
         metrics_log.write(progress.epoch, results)
-        hparams.write_hparams(metrics_log.writer, hparams.run_hparams(cfg), results)
+        if ranks.is_main:
+            hparams.write_hparams(metrics_log.writer, hparams.run_hparams(cfg), results)
 
     summary_data = {
         "status": "completed",
@@ -218,11 +272,14 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
         "test": test_metrics,
         "duration_s": duration,
         "device": str(device),
+        "world_size": ranks.world,  # processes that trained it; each took batch_size_per_rank of every batch
+        "batch_size_per_rank": cfg.trainer.batch_size // ranks.world,
         "model": {"params": summary.total_params, "flops_per_example": summary.flops},
         "resumed_from": progress.resumed_from,
         "environment": environment(),
     }
-    write_json(run_dir / SUMMARY_FILE, summary_data)
+    if ranks.is_main:
+        write_json(run_dir / SUMMARY_FILE, summary_data)
     logs.show_results(_results_rows(progress.history, test_metrics), run_dir)
     return summary_data
 
@@ -231,7 +288,8 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
                     scheduler: Optional[Scheduler], precision: Precision, grad_clip: Optional[float],
                     penalty: Optional[Callable[[], torch.Tensor]], epoch: int, epochs: int,
                     position: Optional[EpochPosition] = None,
-                    on_step: Optional[Callable[[EpochPosition], None]] = None) -> dict[str, float]:
+                    on_step: Optional[Callable[[EpochPosition], None]] = None,
+                    ranks: Ranks = Ranks()) -> dict[str, float]:
     """forward, loss, backward, step for every batch; read the device-side sums once at the end.
 
     `penalty` (the L1 term) is added to the loss that is minimised; the reported loss is the
@@ -243,6 +301,10 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
 
     A non-finite loss is noticed here, after the epoch, without a host sync per step; it
     raises TrainingDiverged before the caller can checkpoint the poisoned weights.
+
+    On several processes (`ranks`; `model` is then DDP's wrapper) each trains on its part of
+    every batch, its loss scaled by its share (dlrun.data.shard) so that DDP's averaged gradient
+    is the one-process gradient; the epoch's sums are added up over the processes at the end.
     """
     model.train()
     task.start_pass(training=True)
@@ -253,26 +315,35 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
         task.restore_carried_state(position.carried)
     batches = loader.batches(position.order, start=position.step)
     for inputs, targets in logs.with_progress(batches, len(loader) - position.step, f"epoch {epoch}/{epochs}"):
+        scale = loader.loss_scale(position.step)  # 1, except on several processes for a last, uneven batch
         with precision.autocast():
             outputs = task.forward(model, inputs)
             loss = task.loss(outputs, targets)
-        objective = loss if penalty is None else loss + penalty()
+        objective = loss if scale == 1 else loss * scale
+        if penalty is not None:
+            objective = objective + penalty()
         optimizer.zero_grad(set_to_none=True)
         precision.backward(objective)
         precision.step(optimizer, model.parameters(), grad_clip)
         if scheduler is not None and scheduler.interval == "step":
             scheduler.step()
-        position.advance(objective.detach(), task.batch_stats(outputs.detach(), targets, loss.detach()))
+        stats = task.batch_stats(outputs.detach(), targets, loss.detach())
+        position.advance(objective.detach(), stats if scale else torch.zeros_like(stats))  # a placeholder counts 0
         if on_step is not None:
             on_step(position)
-    check_finite(position)
-    return task.metrics(position.sums.tolist())
+    totals = ranks.totals(position)  # one all-reduce of the epoch's sums and step losses (none in one process)
+    check_finite(totals)
+    return task.metrics(totals.sums.tolist())
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Loader, task: Task, precision: Precision,
-             on_batch: Optional[Callable[[], None]] = None) -> dict[str, float]:
-    """The task's metrics over `loader`; `on_batch()` is called before every batch (a stop check)."""
+             on_batch: Optional[Callable[[], None]] = None, ranks: Ranks = Ranks()) -> dict[str, float]:
+    """The task's metrics over `loader`; `on_batch()` is called before every batch (a stop check).
+
+    On several processes each evaluates its part of every batch (`model` is the plain module,
+    no collective per batch) and the sums are added up once at the end.
+    """
     model.eval()
     task.start_pass(training=False)
     sums = None
@@ -284,7 +355,7 @@ def evaluate(model: nn.Module, loader: Loader, task: Task, precision: Precision,
             loss = task.loss(outputs, targets)
         batch = task.batch_stats(outputs, targets, loss)
         sums = batch if sums is None else sums + batch
-    return task.metrics(sums.tolist())
+    return task.metrics(ranks.sum_over(sums))
 
 
 def planned_epochs(cfg: DictConfig) -> int:

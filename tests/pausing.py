@@ -6,6 +6,7 @@ process; the model summary is evaluation pass 1), `save:<n>` (the n-th `state_di
 i.e. inside the n-th checkpoint save). At a point the model writes
 `$DLRUN_TEST_PAUSE_DIR/paused-<point>` (holding its pid) and waits for `go-<point>`. Each
 point pauses once per directory, so a requeued process (same environment) does not pause again.
+In a run on several processes, `DLRUN_TEST_PAUSE_RANK` names the one that pauses (torchrun's RANK).
 Without the variables it is the plain MLP: same weights, same results.
 """
 
@@ -22,6 +23,8 @@ WAIT_S = 120  # a generous bound: the test signals as soon as it sees the marker
 
 def pause_if(point: str) -> None:
     if point not in os.environ.get("DLRUN_TEST_PAUSE", "").split(","):
+        return
+    if os.environ.get("DLRUN_TEST_PAUSE_RANK", os.environ.get("RANK")) != os.environ.get("RANK"):
         return
     folder = Path(os.environ["DLRUN_TEST_PAUSE_DIR"])
     marker, go = folder / f"paused-{point}", folder / f"go-{point}"

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from conftest import read_json, run_cli
+from conftest import compose_config, read_json, run_cli
+from dlrun.train import run
 
 DLRUN_REPORT = Path(sys.executable).with_name("dlrun-report")
 SMOKE = "debug=smoke"
@@ -181,6 +183,26 @@ def test_submitit_local_launcher_completes_a_two_job_sweep_sharing_the_cores(tmp
     assert summary["completed"] == 2
     assert [cpu_threads_in_log(d) for d in job_dirs(sweep_dir)] == [max(1, CORES // 2)] * 2  # 2 jobs at once
 
+
+
+def test_a_submitit_job_with_two_tasks_is_one_run_on_two_processes(tmp_path):
+    # hydra.launcher.nodes and tasks_per_node make each job a distributed run (dlrun.distributed);
+    # submitit_local runs the same job code as submitit_slurm, with its own task variables.
+    overrides = ("model=mlp", "model.hidden=[32]", "trainer.batch_size=16", "dataset.subset=97", "trainer.epochs=2",
+                 "device=cpu", "device.num_threads=1")
+    result = run_cli("-m", *overrides, "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [job_dir] = job_dirs(sweep_dir_under(tmp_path))
+    summary = read_json(job_dir / "summary.json")
+    assert (summary["world_size"], summary["batch_size_per_rank"]) == (2, 8)
+    assert (job_dir / "dlrun.log").read_text().count("epoch 2/2") == 1  # the second task logs nothing
+
+    one_process = run(compose_config(f"output_root={tmp_path / 'one'}", *overrides), run_dir=tmp_path / "one")
+    assert summary["test"] == pytest.approx(one_process["test"], abs=1e-5)
+    two, one = (torch.load(d / "checkpoints" / "last.pt", weights_only=True)["model"] for d in (job_dir, tmp_path / "one"))
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-5)
 
 
 def test_optuna_sweeper_searches_on_the_validation_metric(tmp_path):

@@ -8,7 +8,7 @@ In-memory splits (`TensorSplit`) move to the training device and are batched the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 
 import torch
@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from dlrun.data.files import FileLoader, FileSplit
 from dlrun.data.loader import BatchTransform, TensorLoader, compose
+from dlrun.data.shard import Shard
 from dlrun.data.splits import DataSplits, TensorSplit, fold_split, split_off
 from dlrun.data.augment import AUGMENTS, build_augment
 from dlrun.device import channels_last_transform
@@ -41,11 +42,12 @@ def load_splits(dataset_cfg: DictConfig) -> DataSplits:
 
 
 def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.Generator,
-               fold: Optional[int] = None) -> Data:
+               fold: Optional[int] = None, shard: Shard = Shard()) -> Data:
     """Load, split, trim and move the dataset to `device`; wrap each split in a loader.
 
     With `fold` (0 .. trainer.kfold-1), val is that fold of the training data (train and any
-    given val pooled) and train the other folds: K-fold cross-validation.
+    given val pooled) and train the other folds: K-fold cross-validation. With a `shard` (one
+    of several processes), each loader yields this process's part of every global batch.
     """
     dataset = cfg.dataset
     splits = load_splits(dataset)
@@ -81,11 +83,12 @@ def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.G
         shuffle = training and not splits.sequential
         generator = shuffle_generator if shuffle else None
         transform = train_transform if training else eval_transform
+        part_shard = replace(shard, placeholder=training)  # see dlrun.data.shard
         if isinstance(part, FileSplit):
             return FileLoader(part, batch_size, device=device, training=training, shuffle=shuffle,
-                              generator=generator, limit_batches=limit, transform=transform)
+                              generator=generator, limit_batches=limit, transform=transform, shard=part_shard)
         return TensorLoader(part.to(device), batch_size, shuffle=shuffle, streams=splits.sequential,
-                            generator=generator, limit_batches=limit, transform=transform)
+                            generator=generator, limit_batches=limit, transform=transform, shard=part_shard)
 
     return Data(
         train=loader(parts["train"], training=True),

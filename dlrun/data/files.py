@@ -22,6 +22,7 @@ from torchvision.transforms import v2
 
 from dlrun.data.images import BadImage, bad_image_error, decode
 from dlrun.data.loader import BatchTransform
+from dlrun.data.shard import Shard
 from dlrun.errors import DataError
 
 log = logging.getLogger("dlrun")
@@ -95,11 +96,13 @@ class _Batches(Sampler):
 
     With `seeded`, each index comes with the seed of its random crop, derived from the pass's
     order (which a mid-epoch checkpoint keeps) and the index: a resumed epoch crops exactly as
-    the uninterrupted one would have, whatever the number of workers.
+    the uninterrupted one would have, whatever the number of workers. With a `shard`, each batch
+    is this process's part of the global one (dlrun.data.shard).
     """
 
-    def __init__(self, size: int, batch_size: int, batches: int, seeded: bool) -> None:
+    def __init__(self, size: int, batch_size: int, batches: int, seeded: bool, shard: Shard = Shard()) -> None:
         self.size, self.batch_size, self.batches, self.seeded = size, batch_size, batches, seeded
+        self.shard = shard
         self.order: Optional[list[int]] = None  # None: storage order
         self.start = 0
         self.crop_base = 0
@@ -115,8 +118,13 @@ class _Batches(Sampler):
 
     def __iter__(self) -> Iterator[list]:
         for batch in range(self.start, self.batches):
-            window = range(batch * self.batch_size, min((batch + 1) * self.batch_size, self.size))
-            indices = self.order[window.start:window.stop] if self.order is not None else list(window)
+            begin = batch * self.batch_size
+            lo, hi = self.shard.part(begin, min(begin + self.batch_size, self.size))
+            if lo == hi:  # a last batch smaller than the number of processes
+                if not self.shard.placeholder:
+                    continue
+                lo, hi = begin, begin + 1
+            indices = self.order[lo:hi] if self.order is not None else list(range(lo, hi))
             yield [(index, self.crop_base + index) for index in indices] if self.seeded else indices
 
 
@@ -124,12 +132,14 @@ class FileLoader:
     """Batches of a FileSplit, moved to `device` (non-blocking from pinned memory on CUDA).
 
     An unreadable file stops the run with one line naming it, or, with the split's
-    `skip_bad_files`, is left out of its batch and reported once.
+    `skip_bad_files`, is left out of its batch and reported once. With a `shard` (several
+    processes), every batch is this process's part of the global batch.
     """
 
     def __init__(self, split: FileSplit, batch_size: int, *, device: torch.device, training: bool,
                  shuffle: bool = False, generator: Optional[torch.Generator] = None,
-                 limit_batches: Optional[int] = None, transform: Optional[BatchTransform] = None) -> None:
+                 limit_batches: Optional[int] = None, transform: Optional[BatchTransform] = None,
+                 shard: Shard = Shard()) -> None:
         if shuffle and generator is None:
             raise ValueError("a shuffling FileLoader needs a generator")
         self.split = split
@@ -142,7 +152,8 @@ class FileLoader:
         dataset = split.dataset(training)
         self.shuffle = shuffle
         self.generator = generator
-        self.sampler = _Batches(len(split), batch_size, len(self), seeded=dataset.crop is not None)
+        self.shard = shard
+        self.sampler = _Batches(len(split), batch_size, len(self), seeded=dataset.crop is not None, shard=shard)
         workers = split.num_workers
         # The DataLoader draws its workers' seed from `generator=`: a private one, so the global
         # RNG (dropout, augmentation) is used as with in-memory data whatever num_workers is.
@@ -186,6 +197,13 @@ class FileLoader:
         if not keep.any():
             raise DataError(f"every image of a batch is unreadable, e.g. {bad[0][1].path} ({bad[0][1].reason})")
         return inputs[keep], targets[keep]
+
+    def loss_scale(self, batch: int) -> float:
+        """Factor for this process's loss on batch number `batch` (Shard.loss_scale; 1 in one process).
+
+        Counted from the files the batch names: a file skipped as unreadable leaves it slightly off.
+        """
+        return self.shard.loss_scale(min(self.batch_size, len(self.split) - batch * self.batch_size))
 
     @property
     def num_examples(self) -> int:

@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from dlrun.data.shard import Shard
 from dlrun.data.splits import TensorSplit
 
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
@@ -42,7 +43,9 @@ class TensorLoader:
     row j of batch k+1 is the example right after row j of batch k, so a recurrent model can
     carry its state from batch to batch. Every streamed batch is full (the remainder is dropped).
     `limit_batches` caps batches per pass. `epoch_order` and `batches(order, start)` split a
-    pass in two, so that training can stop inside an epoch and continue it exactly.
+    pass in two, so that training can stop inside an epoch and continue it exactly. With a
+    `shard` (several processes, dlrun.data.shard), every batch is this process's part of the
+    global batch (of its streams, for sequential sampling).
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class TensorLoader:
         generator: Optional[torch.Generator] = None,
         limit_batches: Optional[int] = None,
         transform: Optional[BatchTransform] = None,
+        shard: Shard = Shard(),
     ) -> None:
         if shuffle and generator is None:
             raise ValueError("a shuffling TensorLoader needs a generator")
@@ -67,6 +71,7 @@ class TensorLoader:
         self.generator = generator
         self.limit_batches = limit_batches
         self.transform = transform
+        self.shard = shard
 
     def __len__(self) -> int:
         if self.streams:
@@ -97,14 +102,26 @@ class TensorLoader:
             order = order.to(self.split.inputs.device)
         for batch in range(start, len(self)):
             if self.streams:
-                index = order[:, batch]
+                lo, hi = self.shard.part(0, self.batch_size)
+                index = order[lo:hi, batch]
             else:
-                window = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
-                index = window if order is None else order[window]
+                begin = batch * self.batch_size
+                lo, hi = self.shard.part(begin, min(begin + self.batch_size, len(self.split)))
+                if lo == hi:  # a last batch smaller than the number of processes
+                    if not self.shard.placeholder:
+                        continue
+                    lo, hi = begin, begin + 1
+                index = slice(lo, hi) if order is None else order[lo:hi]
             inputs, targets = self.split.inputs[index], self.split.targets[index]
             if self.transform is not None:
                 inputs = self.transform(inputs)
             yield inputs, targets
+
+    def loss_scale(self, batch: int) -> float:
+        """Factor for this process's loss on batch number `batch` (Shard.loss_scale; 1 in one process)."""
+        if self.streams:
+            return self.shard.loss_scale(self.batch_size)
+        return self.shard.loss_scale(min(self.batch_size, len(self.split) - batch * self.batch_size))
 
     @property
     def num_examples(self) -> int:

@@ -1,0 +1,366 @@
+"""One run on several processes: DistributedDataParallel under torchrun or a submitit (Slurm) job.
+
+Who is who. torchrun puts RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE in each process's
+environment; in a submitit job with several tasks (`hydra/launcher=submitit_slurm` with `nodes`
+and `tasks_per_node`, or `submitit_local` with `tasks_per_node`), submitit's job environment
+gives them. Without either, a run is one process, `Ranks()` (rank 0 of 1), and every method
+below returns its input unchanged: the one-process path is the plain path.
+
+The contract between the processes of a run:
+
+- **Rank 0 writes the run directory**, alone: it decides which directory the attempt writes
+  (dlrun.resume), writes status.json, checkpoints, metrics.jsonl, TensorBoard events and
+  summary.json, and tells the others the plan (`from_main`). Under torchrun every process runs
+  the Hydra app; the others get a throwaway Hydra directory outside the outputs
+  (`follower_overrides`), and print nothing but errors (`_quiet`).
+- **Same data per optimizer step as one process**: every process draws the same global
+  permutation and takes its part of every global batch (dlrun.data.shard); DDP averages the
+  gradients; the epoch's metric sums and step losses are reduced once per epoch (`totals`).
+- **Stopping together** (`agree_after_step`, `agree_now`): a signal reaches the processes at
+  different steps, and one that stopped while another ran its next backward would leave that
+  one waiting in the gradient all-reduce. After every step each process adds its stop flag
+  (and whether the save clock ran out) to an asynchronous all-reduce on a CPU gloo group and
+  reads the previous step's result: all processes see the same verdict at the same step, one
+  step after the signal, with no host sync of the training device. Epoch boundaries agree at
+  once. Validation and the final test are not cut short: a stop is agreed when they end.
+- **Checkpoints stay one-process checkpoints**: the plain module's weights, the global step and
+  the global order, metric totals (`totals`), and the other processes' RNG states under
+  `rng.ranks` (`gather_rng`); a checkpoint continues on any number of processes (`take_share`).
+- **Faults end every process**: the process group has a timeout (`device.dist_timeout_min`), a
+  failing process records its error in status.json unless another failure is already there
+  (dlrun.rundir.RunStatus), and the group is torn down on the way out (`leave`), so the others
+  fail at their next collective instead of waiting; torchrun then stops them all.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import pickle
+import random
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any, Callable, Optional, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+from torch import nn
+
+from dlrun import logs
+from dlrun.checkpoint import EpochPosition
+from dlrun.data.shard import Shard
+from dlrun.errors import ConfigError, DlrunError, TrainingDiverged
+from dlrun.preemption import Interrupted
+
+log = logging.getLogger("dlrun")
+T = TypeVar("T")
+
+
+class ReportedByMain(DlrunError):
+    """Rank 0 failed while preparing the run and reports it; the other processes exit quietly with its code."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.exit_code = getattr(error, "exit_code", 1)
+
+
+class OutOfStep(BaseException):
+    """A failure that not every process of the run met at the same point: they cannot go on together.
+
+    A BaseException, so that Hydra's job runner does not carry on with the next job of a sweep;
+    the CLI reports `error` and exits with its code.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class Ranks:
+    """This process's place among the processes of one run; `Ranks()` is a run of one process."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+    host_group: Any = None  # a gloo group for small host-side exchanges (stop flags, objects)
+    _pending: Optional[tuple[Any, torch.Tensor]] = field(default=None, repr=False)  # last step's flag all-reduce
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def shard(self) -> Shard:
+        return Shard(self.rank, self.world)
+
+    def check(self, cfg: DictConfig) -> None:
+        """One-line errors for settings that cannot be shared out over these processes."""
+        if not self.distributed:
+            return
+        batch = cfg.trainer.batch_size
+        if batch % self.world:
+            lower, higher = max(self.world, batch - batch % self.world), batch + self.world - batch % self.world
+            raise ConfigError(f"trainer.batch_size={batch} does not split evenly over {self.world} processes "
+                              f"(it is the global batch, shared out equally); use a multiple of {self.world}, "
+                              f"e.g. {lower} or {higher}")
+        on_cuda = cfg.device.type == "cuda" or (cfg.device.type == "auto" and torch.cuda.is_available())
+        if cfg.device.sync_batchnorm and not on_cuda:
+            raise ConfigError("device.sync_batchnorm=true needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); "
+                              "on the CPU each process normalizes over its own part of the batch")
+
+    def convert_batchnorm(self, model: nn.Module, enabled: bool) -> nn.Module:
+        """BatchNorm layers normalize over the whole global batch (device.sync_batchnorm) across processes."""
+        if not (enabled and self.distributed):
+            return model
+        log.info("device.sync_batchnorm: BatchNorm layers use the statistics of the global batch")
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    def wrap(self, net: nn.Module, device: torch.device) -> nn.Module:
+        """DistributedDataParallel around the module that trains; its construction copies rank 0's weights."""
+        if not self.distributed:
+            return net
+        return nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def from_main(self, compute: Callable[[], T]) -> T:
+        """Rank 0 computes (plans the run, prepares its directory); the others receive the result or its error."""
+        if not self.distributed:
+            return compute()
+        box: list[Any] = [None]
+        if self.is_main:
+            try:
+                box[0] = ("value", compute())
+            except Exception as error:
+                box[0] = ("error", _picklable(error))
+                dist.broadcast_object_list(box, src=0, group=self.host_group)
+                raise
+        dist.broadcast_object_list(box, src=0, group=self.host_group)
+        kind, value = box[0]
+        if kind == "error":
+            raise ReportedByMain(value)
+        return value
+
+    def seed_own_streams(self, seed: int, global_step: int = 0) -> None:
+        """Give this process dropout and augmentation random numbers of its own (rank 0 keeps `seed`'s).
+
+        Called after the model is built, so every process starts from the same weights; `global_step`
+        keeps a stream drawn when continuing a checkpoint without this rank's states apart from the
+        one of a fresh start.
+        """
+        if self.is_main:
+            return
+        own = int(np.random.SeedSequence([seed, self.rank, global_step]).generate_state(1)[0])
+        random.seed(own)
+        np.random.seed(own)
+        torch.manual_seed(own)
+
+    def totals(self, position: EpochPosition) -> EpochPosition:
+        """The position as one process would hold it: metric sums and step losses over every process, and
+        a carried recurrent state of every stream. A copy; one all-reduce (a collective: all processes call it).
+
+        The step losses are averaged: each process's loss was scaled by its share of the batch
+        (dlrun.data.shard), so their mean is the global batch's loss.
+        """
+        if not self.distributed:
+            return position
+        losses = position.step_losses[:position.step].float() / self.world
+        sums = position.sums.float() if position.sums is not None else losses.new_zeros(0)
+        packed = torch.cat([losses, sums])
+        dist.all_reduce(packed)
+        step_losses = position.step_losses.clone()
+        step_losses[:position.step] = packed[:position.step]
+        return replace(position, step_losses=step_losses,
+                       sums=packed[position.step:] if position.sums is not None else None,
+                       carried=self._gather_streams(position.carried))
+
+    def take_share(self, position: EpochPosition) -> EpochPosition:
+        """The inverse of `totals` for a restored position: rank 0 carries the sums, each process its streams."""
+        if not self.distributed:
+            return position
+        sums = position.sums if self.is_main or position.sums is None else torch.zeros_like(position.sums)
+        return replace(position, sums=sums, carried=self._own_streams(position.carried))
+
+    def sum_over(self, sums: Optional[torch.Tensor]) -> Optional[list[float]]:
+        """Evaluation sums added over the processes (a process whose part was empty has None), as floats."""
+        if not self.distributed:
+            return sums.tolist() if sums is not None else None
+        everyone: list[Optional[list[float]]] = [None] * self.world
+        dist.all_gather_object(everyone, sums.tolist() if sums is not None else None, group=self.host_group)
+        present = [part for part in everyone if part is not None]
+        return [sum(values) for values in zip(*present)] if present else None
+
+    def gather_rng(self, rng: dict[str, Any]) -> dict[str, Any]:
+        """Rank 0's RNG states with the other processes' under `ranks` (the shuffle generator is shared)."""
+        if not self.distributed:
+            return rng
+        own = {key: value for key, value in rng.items() if key != "shuffle"}
+        everyone: list[Any] = [None] * self.world
+        dist.all_gather_object(everyone, own, group=self.host_group)
+        return {**rng, "ranks": everyone[1:]}
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Give every process rank 0's buffers (BatchNorm statistics): evaluation then matches the checkpoint."""
+        if self.distributed:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def agree_after_step(self, signum: Optional[int], clock_due: bool) -> tuple[Optional[int], bool]:
+        """(stop signal, save due by the clock) agreed by every process: the previous step's verdict.
+
+        One process: this step's own values. Several: this step's flags start an asynchronous
+        all-reduce (max) on the gloo group; the previous step's, finished meanwhile, is returned.
+        """
+        if not self.distributed:
+            return signum, clock_due
+        flags = torch.tensor([signum or 0, int(clock_due)], dtype=torch.int64)
+        work = dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.host_group, async_op=True)
+        previous, self._pending = self._pending, (work, flags)
+        if previous is None:
+            return None, False
+        previous[0].wait()
+        agreed_signal, agreed_clock = previous[1].tolist()
+        return agreed_signal or None, bool(agreed_clock)
+
+    def agree_now(self, signum: Optional[int]) -> Optional[int]:
+        """The stop signal any process has received up to now (and any verdict still pending), agreed at once."""
+        if not self.distributed:
+            return signum
+        pending = 0
+        if self._pending is not None:
+            work, flags = self._pending
+            work.wait()
+            pending, self._pending = int(flags[0]), None
+        flag = torch.tensor([max(signum or 0, pending)], dtype=torch.int64)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.host_group)
+        return int(flag) or None
+
+    def _gather_streams(self, carried: Any) -> Any:
+        """A recurrent state (layers, streams, features), or a tuple of them, with every process's streams."""
+        if isinstance(carried, torch.Tensor):
+            parts = [torch.empty_like(carried) for _ in range(self.world)]
+            dist.all_gather(parts, carried.contiguous())
+            return torch.cat(parts, dim=1)
+        if isinstance(carried, (tuple, list)):
+            return type(carried)(self._gather_streams(part) for part in carried)
+        return carried
+
+    def _own_streams(self, carried: Any) -> Any:
+        if isinstance(carried, torch.Tensor):
+            lo, hi = self.shard.part(0, carried.shape[1])
+            return carried[:, lo:hi].contiguous()
+        if isinstance(carried, (tuple, list)):
+            return type(carried)(self._own_streams(part) for part in carried)
+        return carried
+
+
+_joined: Optional[Ranks] = None  # the process group is per process: joined once, kept for a sweep's jobs
+
+
+def join(device_cfg: DictConfig) -> Ranks:
+    """This process's place in the run; the first call of a process with several ranks starts the process group.
+
+    NCCL carries CUDA tensors (each process on its local GPU) and gloo CPU tensors, both with
+    the `device.dist_timeout_min` timeout; the group is destroyed at exit.
+    """
+    global _joined
+    if _joined is not None:
+        return _joined
+    place = _place_from_environment()
+    if place is None or place[1] <= 1:
+        return Ranks()
+    rank, world, local_rank, local_world = place
+    timeout = timedelta(minutes=device_cfg.dist_timeout_min)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend, timeout=timeout)
+    atexit.register(leave)
+    if rank != 0:
+        _quiet()
+    _joined = Ranks(rank, world, local_rank, local_world, dist.new_group(backend="gloo", timeout=timeout))
+    log.info("distributed: %d processes (%s), %d on this host", world, backend, local_world)
+    return _joined
+
+
+def leave() -> None:
+    """Destroy the process group (at exit, or after a failure): the other processes stop waiting for this one."""
+    global _joined
+    _joined = None
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def environment_rank() -> int:
+    """This process's rank as the launcher's environment says it, before any process group exists (0 if none)."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        import submitit
+
+        return submitit.JobEnvironment().global_rank
+    return 0
+
+
+def in_step(error: BaseException) -> bool:
+    """Whether every process met this failure at the same point (so a sweep's next job can run on them all)."""
+    return isinstance(error, (ConfigError, ReportedByMain, TrainingDiverged, Interrupted))
+
+
+def follower_overrides() -> list[str]:
+    """Hydra overrides for a torchrun process other than rank 0: its Hydra directory is a throwaway
+    temporary folder (removed at exit), without .hydra/ files or Hydra's own messages."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:
+        return []
+    scratch = tempfile.mkdtemp(prefix=f"dlrun-rank{os.environ['RANK']}-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null",
+            "hydra/hydra_logging=disabled"]
+
+
+def _place_from_environment() -> Optional[tuple[int, int, int, int]]:
+    """(rank, world size, local rank, processes on this host) from torchrun's variables or submitit's job."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        world = int(os.environ["WORLD_SIZE"])
+        return (int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")),
+                int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        import submitit
+
+        if submitit.JobEnvironment().num_tasks > 1:
+            # MASTER_ADDR (the first node), MASTER_PORT (from the job id), RANK, WORLD_SIZE, LOCAL_RANK.
+            env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            return env.rank, env.world_size, env.local_rank, env.local_world_size
+    return None
+
+
+def _picklable(error: Exception) -> Exception:
+    """The error itself when it can travel to the other processes, else one that carries its message."""
+    try:
+        pickle.dumps(error)
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def _quiet() -> None:
+    """Processes other than rank 0 print errors only, and write no log file."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+        else:
+            handler.setLevel(logging.ERROR)
+    logs.console.quiet = True
+    warnings.filterwarnings("ignore")  # rank 0 shows the same warnings
