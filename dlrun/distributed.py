@@ -16,11 +16,11 @@ The contract between the processes of a run:
 - **Same data per optimizer step as one process**: every process draws the same global
   permutation and takes its part of every global batch (dlrun.data.shard); DDP averages the
   gradients; the epoch's metric sums and step losses are reduced once per epoch (`totals`).
-- **Stopping together** (`agree_after_step`, `agree_now`): a signal reaches the processes at
+- **Stopping together** (`verdict`, `post`, `agree_now`): a signal reaches the processes at
   different steps, and one that stopped while another ran its next backward would leave that
   one waiting in the gradient all-reduce. After every step each process adds its stop flag
-  (and whether the save clock ran out) to an asynchronous all-reduce on a CPU gloo group and
-  reads the previous step's result: all processes see the same verdict at the same step, one
+  (and whether the save clock ran out) to an asynchronous all-reduce on a CPU gloo group, and
+  acts on the previous step's result: all processes see the same verdict at the same step, one
   step after the signal, with no host sync of the training device. Epoch boundaries agree at
   once. Validation and the final test are not cut short: a stop is agreed when they end.
 - **Checkpoints stay one-process checkpoints**: the plain module's weights, the global step and
@@ -215,22 +215,26 @@ class Ranks:
             for buffer in model.buffers():
                 dist.broadcast(buffer, src=0)
 
-    def agree_after_step(self, signum: Optional[int], clock_due: bool) -> tuple[Optional[int], bool]:
-        """(stop signal, save due by the clock) agreed by every process: the previous step's verdict.
-
-        One process: this step's own values. Several: this step's flags start an asynchronous
-        all-reduce (max) on the gloo group; the previous step's, finished meanwhile, is returned.
-        """
+    def verdict(self, signum: Optional[int], clock_due: bool) -> tuple[Optional[int], bool]:
+        """(stop signal, save due by the clock) to act on after a step: one process's own flags, or
+        what every process posted after the previous step (the same on all of them)."""
         if not self.distributed:
             return signum, clock_due
-        flags = torch.tensor([signum or 0, int(clock_due)], dtype=torch.int64)
-        work = dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.host_group, async_op=True)
-        previous, self._pending = self._pending, (work, flags)
-        if previous is None:
+        if self._pending is None:
             return None, False
-        previous[0].wait()
-        agreed_signal, agreed_clock = previous[1].tolist()
+        work, flags = self._pending
+        work.wait()
+        self._pending = None
+        agreed_signal, agreed_clock = flags.tolist()
         return agreed_signal or None, bool(agreed_clock)
+
+    def post(self, signum: Optional[int], clock_due: bool) -> None:
+        """Several processes: this step's flags start an asynchronous all-reduce (max) on the gloo group,
+        read by `verdict` after the next step; the training device is not synchronized."""
+        if self.distributed:
+            flags = torch.tensor([signum or 0, int(clock_due)], dtype=torch.int64)
+            work = dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.host_group, async_op=True)
+            self._pending = (work, flags)
 
     def agree_now(self, signum: Optional[int]) -> Optional[int]:
         """The stop signal any process has received up to now (and any verdict still pending), agreed at once."""

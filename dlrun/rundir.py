@@ -136,8 +136,9 @@ class RunStatus:
         """Whether status.json holds a failure of this attempt that another process of the run recorded."""
         current = read_status(self.path.parent) or {}
         attempts = current.get("attempts") or [{}]
+        latest = attempts[-1]
         return (current.get("status") == "failed" and current.get("rank", 0) != self.rank
-                and attempts[-1].get("started") == self.attempt["started"])
+                and (latest.get("started"), latest.get("pid")) == (self.attempt["started"], self.attempt["pid"]))
 
 
 def read_status(run_dir: Path) -> Optional[dict[str, Any]]:

@@ -91,8 +91,11 @@ class Checkpointer:
             self._stop_at(position, signum)
 
     def after_step(self, position: EpochPosition) -> None:
-        """Called by the training loop after every optimizer step; a Python flag and a clock read."""
-        signum, clock_due = self.ranks.agree_after_step(self.stop.signum, self.schedule.due_by_clock())
+        """Called by the training loop after every optimizer step; a Python flag and a clock read.
+
+        Several processes act on what all of them posted after the previous step, then post this one's.
+        """
+        signum, clock_due = self.ranks.verdict(self.stop.signum, self.schedule.due_by_clock())
         if position.finished:  # settle now what is still pending: the epoch's end is one point for all
             signum = self.ranks.agree_now(self.stop.signum) or signum
         if signum:
@@ -102,6 +105,7 @@ class Checkpointer:
             self._save_position(position)
             if self.stop.requested and not self.ranks.distributed:  # the signal arrived during that save
                 raise self._interrupted(position)
+        self.ranks.post(self.stop.signum, self.schedule.due_by_clock())  # after a save: the clock restarted
 
     def start_validation(self, position: EpochPosition) -> None:
         """The epoch is trained: a stop during validation saves this position and these RNG states."""
