@@ -68,7 +68,7 @@ def test_early_stopping_stops_at_the_right_epoch_on_a_scripted_metric(cfg_for, t
     # Best val/acc at epoch 2, no better one after it: patience 3 stops after epoch 5.
     scripted = iter([0.5, 0.7, 0.6, 0.65, 0.69, 0.99, 0.99, 0.99, 0.99, 0.99, 0.0])
 
-    def scripted_evaluate(model, loader, task, precision, on_batch=None):
+    def scripted_evaluate(model, loader, task, precision, **options):
         return {"loss": 1.0, "acc": next(scripted)}
 
     monkeypatch.setattr(dlrun.train, "evaluate", scripted_evaluate)
@@ -82,7 +82,7 @@ def test_early_stopping_stops_at_the_right_epoch_on_a_scripted_metric(cfg_for, t
 
 def test_without_early_stopping_every_epoch_runs(cfg_for, tmp_path, monkeypatch):
     monkeypatch.setattr(dlrun.train, "evaluate",
-                        lambda model, loader, task, precision, on_batch=None: {"loss": 1.0, "acc": 0.5})
+                        lambda model, loader, task, precision, **options: {"loss": 1.0, "acc": 0.5})
     summary = run(cfg_for(*FAST, "trainer.epochs=4"), run_dir=tmp_path / "r")
     assert summary["epochs_completed"] == 4 and summary["stopped_early"] is None
 
