@@ -10,7 +10,7 @@ code is non-zero when any job did not complete. A stop signal (dlrun.preemption)
 run, or the whole sweep, after saving; the exit code is then 128 + the signal number.
 
 Under torchrun every process runs this app; the processes other than rank 0 get a throwaway
-Hydra directory (dlrun.distributed.follower_overrides) and report only errors that are their
+Hydra directory (dlrun.processes.follower_overrides) and report only errors that are their
 own: bad input (exit code 2) is the same for all of them, and rank 0 reports it.
 """
 
@@ -24,7 +24,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from dlrun import distributed, sweep
+from dlrun import distributed, processes, sweep
 from dlrun.errors import DlrunError, find_cause
 from dlrun.preemption import Interrupted
 from dlrun.schema import describe_omegaconf_error
@@ -51,13 +51,13 @@ def hydra_app(cfg: DictConfig) -> float:
 def main() -> None:
     wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv += distributed.follower_overrides()
+    sys.argv += processes.follower_overrides()
     try:
         hydra_app()
     except distributed.OutOfStep as failed:  # some processes of a distributed run failed: this one cannot go on
         failures.append(failed.error)  # type: ignore[arg-type]
     except Interrupted as stopped:  # a stop signal: the run saved where it stood (a sweep stops too)
-        if distributed.environment_rank() == 0:  # every process stopped alike; rank 0 says it
+        if processes.environment_rank() == 0:  # every process stopped alike; rank 0 says it
             print(f"dlrun: interrupted: {stopped}", file=sys.stderr)
         sys.exit(stopped.exit_code)
     except KeyboardInterrupt:
@@ -75,7 +75,7 @@ def main() -> None:
         return
     if not failures:
         return
-    follower = distributed.environment_rank() != 0
+    follower = processes.environment_rank() != 0
     for error in failures:
         # Bad input (exit code 2: config, checkpoint, data) is the same for every process: rank 0 says it.
         if not (follower and (exit_code(error) == 2 or find_cause(error, distributed.ReportedByMain))):

@@ -1,18 +1,16 @@
-"""One run on several processes: DistributedDataParallel under torchrun or a submitit (Slurm) job.
+"""One run on several processes: what DistributedDataParallel's processes share, and how.
 
-Who is who. torchrun puts RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE in each process's
-environment; in a submitit job with several tasks (`hydra/launcher=submitit_slurm` with `nodes`
-and `tasks_per_node`, or `submitit_local` with `tasks_per_node`), submitit's job environment
-gives them. Without either, a run is one process, `Ranks()` (rank 0 of 1), and every method
-below returns its input unchanged: the one-process path is the plain path.
+A run is one process (`Ranks()`, rank 0 of 1, and every method below returns its input
+unchanged: the one-process path is the plain path) or several started by torchrun or a submitit
+(Slurm) job and joined by dlrun.processes.
 
 The contract between the processes of a run:
 
 - **Rank 0 writes the run directory**, alone: it decides which directory the attempt writes
   (dlrun.resume), writes status.json, checkpoints, metrics.jsonl, TensorBoard events and
   summary.json, and tells the others the plan (`from_main`). Under torchrun every process runs
-  the Hydra app; the others get a throwaway Hydra directory outside the outputs
-  (`follower_overrides`), and print nothing but errors (`_quiet`).
+  the Hydra app; the others get a throwaway Hydra directory outside the outputs and print
+  nothing but errors (dlrun.processes).
 - **Same data per optimizer step as one process**: every process draws the same global
   permutation and takes its part of every global batch (dlrun.data.shard); DDP averages the
   gradients; the epoch's metric sums and step losses are reduced once per epoch (`totals`).
@@ -28,22 +26,16 @@ The contract between the processes of a run:
   `rng.ranks` (`gather_rng`); a checkpoint continues on any number of processes (`take_share`).
 - **Faults end every process**: the process group has a timeout (`device.dist_timeout_min`), a
   failing process records its error in status.json unless another failure is already there
-  (dlrun.rundir.RunStatus), and the group is torn down on the way out (`leave`), so the others
-  fail at their next collective instead of waiting; torchrun then stops them all.
+  (dlrun.rundir.RunStatus), and the group is torn down on the way out (dlrun.processes.leave),
+  so the others fail at their next collective instead of waiting; torchrun then stops them all.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import pickle
 import random
-import shutil
-import tempfile
-import warnings
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from typing import Any, Callable, Optional, TypeVar
 
 import numpy as np
@@ -52,7 +44,6 @@ import torch.distributed as dist
 from omegaconf import DictConfig
 from torch import nn
 
-from dlrun import logs
 from dlrun.checkpoint import EpochPosition
 from dlrun.data.shard import Shard
 from dlrun.errors import ConfigError, DlrunError, TrainingDiverged
@@ -268,84 +259,9 @@ class Ranks:
         return carried
 
 
-_joined: Optional[Ranks] = None  # the process group is per process: joined once, kept for a sweep's jobs
-
-
-def join(device_cfg: DictConfig) -> Ranks:
-    """This process's place in the run; the first call of a process with several ranks starts the process group.
-
-    NCCL carries CUDA tensors (each process on its local GPU) and gloo CPU tensors, both with
-    the `device.dist_timeout_min` timeout; the group is destroyed at exit.
-    """
-    global _joined
-    if _joined is not None:
-        return _joined
-    place = _place_from_environment()
-    if place is None or place[1] <= 1:
-        return Ranks()
-    rank, world, local_rank, local_world = place
-    timeout = timedelta(minutes=device_cfg.dist_timeout_min)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend, timeout=timeout)
-    atexit.register(leave)
-    if rank != 0:
-        _quiet()
-    _joined = Ranks(rank, world, local_rank, local_world, dist.new_group(backend="gloo", timeout=timeout))
-    log.info("distributed: %d processes (%s), %d on this host", world, backend, local_world)
-    return _joined
-
-
-def leave() -> None:
-    """Destroy the process group (at exit, or after a failure): the other processes stop waiting for this one."""
-    global _joined
-    _joined = None
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def environment_rank() -> int:
-    """This process's rank as the launcher's environment says it, before any process group exists (0 if none)."""
-    if "RANK" in os.environ:
-        return int(os.environ["RANK"])
-    if os.environ.get("SUBMITIT_EXECUTOR"):
-        import submitit
-
-        return submitit.JobEnvironment().global_rank
-    return 0
-
-
 def in_step(error: BaseException) -> bool:
     """Whether every process met this failure at the same point (so a sweep's next job can run on them all)."""
     return isinstance(error, (ConfigError, ReportedByMain, TrainingDiverged, Interrupted))
-
-
-def follower_overrides() -> list[str]:
-    """Hydra overrides for a torchrun process other than rank 0: its Hydra directory is a throwaway
-    temporary folder (removed at exit), without .hydra/ files or Hydra's own messages."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:
-        return []
-    scratch = tempfile.mkdtemp(prefix=f"dlrun-rank{os.environ['RANK']}-")
-    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-    return [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null",
-            "hydra/hydra_logging=disabled"]
-
-
-def _place_from_environment() -> Optional[tuple[int, int, int, int]]:
-    """(rank, world size, local rank, processes on this host) from torchrun's variables or submitit's job."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        world = int(os.environ["WORLD_SIZE"])
-        return (int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")),
-                int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
-    if os.environ.get("SUBMITIT_EXECUTOR"):
-        import submitit
-
-        if submitit.JobEnvironment().num_tasks > 1:
-            # MASTER_ADDR (the first node), MASTER_PORT (from the job id), RANK, WORLD_SIZE, LOCAL_RANK.
-            env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-            return env.rank, env.world_size, env.local_rank, env.local_world_size
-    return None
 
 
 def _picklable(error: Exception) -> Exception:
@@ -355,16 +271,3 @@ def _picklable(error: Exception) -> Exception:
         return error
     except Exception:
         return RuntimeError(f"{type(error).__name__}: {error}")
-
-
-def _quiet() -> None:
-    """Processes other than rank 0 print errors only, and write no log file."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler):
-            root.removeHandler(handler)
-            handler.close()
-        else:
-            handler.setLevel(logging.ERROR)
-    logs.console.quiet = True
-    warnings.filterwarnings("ignore")  # rank 0 shows the same warnings

@@ -49,7 +49,10 @@ class Interrupted(KeyboardInterrupt):
 class StopSignals:
     """A context manager: inside it the stop signals set `requested` instead of killing the process.
 
-    Leaving it restores the previous handlers (tests call `run()` in-process, one after another).
+    Leaving it restores the previous handlers (tests call `run()` in-process, one after another),
+    except that with `ignore_after_exit` a signal that would have killed the process is ignored
+    from then on: one of several processes whose run ended exits with its own code, even when
+    torchrun terminates it because another one exited a moment earlier.
     Outside the main thread Python cannot install handlers; then nothing changes and `requested`
     stays False.
     """
@@ -58,6 +61,9 @@ class StopSignals:
         self.signum: Optional[int] = None  # the first stop signal received
         self.repeats = 0  # signals received after the first one
         self._previous: dict[int, Any] = {}
+        # Set when this process is on its way out with its peers (dlrun.distributed): the launcher
+        # terminates the others as soon as one exits, and that must not cut their exit short.
+        self.ignore_after_exit = False
 
     @property
     def requested(self) -> bool:
@@ -90,7 +96,8 @@ class StopSignals:
     def __exit__(self, kind: Optional[type], error: Optional[BaseException], trace: Optional[TracebackType]) -> None:
         previous_handlers, self._previous = self._previous, {}
         for number, previous in previous_handlers.items():
-            signal.signal(number, previous)
+            ignore = self.ignore_after_exit and previous is signal.SIG_DFL
+            signal.signal(number, signal.SIG_IGN if ignore else previous)
         if isinstance(error, Interrupted):
             _hand_over(error.signum, previous_handlers.get(error.signum))
 

@@ -33,9 +33,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dlrun.checkpoint import LAST, load_checkpoint
-from dlrun.errors import CheckpointError, ConfigError
-from dlrun.rundir import (RESUME_INSENSITIVE_KEYS, completed_summary, config_fingerprint, find_latest_run,
-                          has_checkpoint, process_alive, read_status)
+from dlrun.errors import CheckpointError, ConfigError, DlrunError
+from dlrun.rundir import (RESUME_INSENSITIVE_KEYS, RunStatus, clear_training_outputs, completed_summary,
+                          config_fingerprint, find_latest_run, has_checkpoint, process_alive, read_status)
 
 log = logging.getLogger("dlrun")
 FRESH_OUTCOMES = ("failed", "diverged")  # a run that ended so starts again from scratch
@@ -77,6 +77,34 @@ def plan_resume(cfg: DictConfig, run_dir: Path, fingerprint: str, epochs: int, m
     target = _run_dir_of(Path(resume).expanduser(), resume)
     _require_same_config(cfg, target, fingerprint, resume)
     return _in_place(target, epochs)
+
+
+def start_attempt(cfg: DictConfig, run_dir: Path, epochs: int, multirun: bool,
+                  overrides: list[str]) -> tuple[ResumePlan, Optional[RunStatus]]:
+    """Plan this attempt and make its run directory ready: moved into, cleared if it starts over, its
+    status.json `running` (no status when the run is already complete). A planning error is recorded
+    in `run_dir` (Hydra made it already) and raised. On several processes rank 0 alone calls this."""
+    fingerprint = config_fingerprint(cfg)
+    try:
+        plan = plan_resume(cfg, run_dir, fingerprint, epochs, multirun)
+    except DlrunError as error:
+        record_early_failure(run_dir, error)
+        raise
+    move_into(run_dir, plan.run_dir)  # continuing another run directory: one run directory remains
+    if plan.done is not None:
+        return plan, None
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    if plan.clear:
+        clear_training_outputs(plan.run_dir)
+    status = RunStatus(plan.run_dir, fingerprint, overrides)
+    status.write("running")
+    return plan, status
+
+
+def record_early_failure(run_dir: Path, error: DlrunError) -> None:
+    """A run that fails before training: Hydra made its directory already, so say there why nothing ran."""
+    if run_dir.exists():
+        RunStatus(run_dir, fingerprint=None).write("failed", error=str(error), exit_code=error.exit_code)
 
 
 def move_into(fresh: Path, target: Path) -> None:

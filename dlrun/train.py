@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
-from dlrun import checkpoint, distributed, hparams, logs
+from dlrun import checkpoint, distributed, hparams, logs, processes
 from dlrun.checkpoint import EpochPosition
 from dlrun.data import Loader, build_data
 from dlrun.device import configure_backends, prepare_model, select_device
@@ -36,8 +36,8 @@ from dlrun.models.summary import summarize
 from dlrun.optim import build_l1_penalty, build_optimizer
 from dlrun.precision import Precision
 from dlrun.preemption import Interrupted, StopSignals
-from dlrun.resume import ResumePlan, continue_command, move_into, plan_resume
-from dlrun.rundir import SUMMARY_FILE, RunStatus, clear_training_outputs, config_fingerprint, environment, write_json
+from dlrun.resume import ResumePlan, continue_command, record_early_failure, start_attempt
+from dlrun.rundir import SUMMARY_FILE, RunStatus, environment, write_json
 from dlrun.saving import Checkpointer, SaveSchedule, check_finite
 from dlrun.schedulers import Scheduler, build_scheduler
 from dlrun.schema import validate
@@ -69,36 +69,22 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> tuple[dict[str, Any], Ranks]:
-    main = distributed.environment_rank() == 0
     try:
         cfg = validate(cfg)
-        ranks = distributed.join(cfg.device)
+        ranks = processes.join(cfg.device)
         ranks.check(cfg)
     except DlrunError as error:
-        if main:
-            _record_early_failure(run_dir, error)
+        if processes.environment_rank() == 0:
+            record_early_failure(run_dir, error)
         raise
-    status: Optional[RunStatus] = None
+    status: Optional[RunStatus] = None  # rank 0's
 
     def prepare() -> ResumePlan:
-        """Rank 0: which run directory this attempt writes, made ready before the others start training."""
         nonlocal status
-        fingerprint = config_fingerprint(cfg)
-        try:
-            plan = plan_resume(cfg, run_dir, fingerprint, planned_epochs(cfg), _in_multirun())
-        except DlrunError as error:
-            _record_early_failure(run_dir, error)
-            raise
-        move_into(run_dir, plan.run_dir)  # continuing another run directory: one run directory remains
-        if plan.done is None:
-            plan.run_dir.mkdir(parents=True, exist_ok=True)
-            if plan.clear:
-                clear_training_outputs(plan.run_dir)
-            status = RunStatus(plan.run_dir, fingerprint, hparams.overrides())
-            status.write("running")
+        plan, status = start_attempt(cfg, run_dir, planned_epochs(cfg), _in_multirun(), hparams.overrides())
         return plan
 
-    plan = ranks.from_main(prepare)
+    plan = ranks.from_main(prepare)  # rank 0 readies the run directory before the others start
     run_dir = plan.run_dir
     if plan.done is not None:
         log.info("skipped: %s already completed %s epochs of this config", run_dir, plan.done.get("epochs_completed"))
@@ -111,6 +97,7 @@ def _run(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> tuple[dict[str, A
             summary = train(cfg, run_dir, resume_from=plan.checkpoint, in_place=plan.in_place, stop=stop,
                             status=status, ranks=ranks)
     except BaseException as error:
+        stop.ignore_after_exit = ranks.distributed  # the run is over here: finish exiting whatever comes
         if status is not None:
             status.ended_by(error)
         elif not distributed.in_step(error):  # a failure of this process alone: rank 0 may never hear of it
@@ -120,18 +107,12 @@ def _run(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> tuple[dict[str, A
         if isinstance(error, Interrupted) and ranks.is_main:
             log.info("continue with: %s", continue_command(run_dir))
         if ranks.distributed and not distributed.in_step(error):
-            distributed.leave()  # the others fail at their next exchange instead of waiting for this process
+            processes.leave()  # the others fail at their next exchange instead of waiting for this process
             raise distributed.OutOfStep(error) from error
         raise
     if status is not None:
         status.write("completed")
     return summary, ranks
-
-
-def _record_early_failure(run_dir: Path, error: DlrunError) -> None:
-    """Hydra made the run directory already: say there why nothing ran."""
-    if run_dir.exists():
-        RunStatus(run_dir, fingerprint=None).write("failed", error=str(error), exit_code=error.exit_code)
 
 
 def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_from: Optional[Path] = None,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from conftest import compose_config, run_cli
-from dlrun import checkpoint, distributed
+from dlrun import checkpoint, processes
 from dlrun.checkpoint import EpochPosition
 from dlrun.distributed import Ranks
 from dlrun.errors import ConfigError
@@ -173,24 +173,24 @@ def test_the_process_environment_of_torchrun_and_of_a_submitit_job(monkeypatch, 
     environment = {key: value for key, value in os.environ.items()
                    if key not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") and "SUBMITIT" not in key}
     monkeypatch.setattr(os, "environ", environment)  # submitit exports into os.environ
-    assert distributed._place_from_environment() is None and distributed.environment_rank() == 0
-    assert distributed.join(validate(compose_config()).device) == Ranks()
+    assert processes._place_from_environment() is None and processes.environment_rank() == 0
+    assert processes.join(validate(compose_config()).device) == Ranks()
 
     environment.update(SUBMITIT_EXECUTOR="local", SUBMITIT_LOCAL_JOB_ID="4242", SUBMITIT_LOCAL_NTASKS="2",
                        SUBMITIT_LOCAL_JOB_NUM_NODES="1", SUBMITIT_LOCAL_NODEID="0", SUBMITIT_LOCAL_GLOBALID="1",
                        SUBMITIT_LOCAL_LOCALID="1")
-    assert distributed._place_from_environment() == (1, 2, 1, 2)
+    assert processes._place_from_environment() == (1, 2, 1, 2)
     assert environment["RANK"] == "1" and environment["WORLD_SIZE"] == "2" and environment["MASTER_ADDR"]
 
     environment.update(RANK="3", WORLD_SIZE="4", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    assert distributed._place_from_environment() == (3, 4, 1, 2) and distributed.environment_rank() == 3
-    overrides = distributed.follower_overrides()
+    assert processes._place_from_environment() == (3, 4, 1, 2) and processes.environment_rank() == 3
+    overrides = processes.follower_overrides()
     scratch = Path(overrides[0].partition("=")[2])
     assert scratch.parent == tmp_path and scratch.is_dir()
     assert overrides[1:] == [f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null", "hydra/hydra_logging=disabled"]
     environment["RANK"] = "0"
-    assert distributed.follower_overrides() == []
+    assert processes.follower_overrides() == []
 
 
 def test_processes_other_than_rank_0_leave_bad_input_to_it_and_leave_no_directory(tmp_path):
