@@ -31,7 +31,7 @@ class TorchvisionModel(nn.Module):
         if len(input_shape) != 3:
             raise ValueError(f"torchvision models read images [C, H, W], got input_shape {list(input_shape)}")
         self.pretrained = pretrained
-        self.net = get_model(name, weights=_load_weights(name) if pretrained else None)
+        self.net = get_model(name, weights=load_pretrained_weights(name) if pretrained else None)
         if freeze_backbone:
             self.net.requires_grad_(False)  # the head built below is new, hence trainable
         _adapt_first_conv(self.net, input_shape[0], keep_filters=pretrained)
@@ -43,7 +43,7 @@ class TorchvisionModel(nn.Module):
         return outputs if isinstance(outputs, torch.Tensor) else outputs.logits
 
 
-def _load_weights(name: str) -> torchvision.models.WeightsEnum:
+def load_pretrained_weights(name: str) -> torchvision.models.WeightsEnum:
     """The default weights of `name`, fetched into torch's cache now so a failure says where they go."""
     weights = get_model_weights(name).DEFAULT
     try:
