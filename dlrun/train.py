@@ -141,6 +141,8 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
             log.info(logs.epoch_line(epoch, epochs, history))
             for tag, text in task.epoch_texts(model).items():
                 metrics_log.write_text(tag, text, epoch)
+            for tag, image in task.epoch_images(model).items():
+                metrics_log.write_image(tag, image, epoch)
 
             improved = _is_better(history[monitor], progress["best_value"], task.mode)
             if improved:
@@ -207,7 +209,7 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
     step_losses = torch.empty(len(loader), device=device)
     for step, (inputs, targets) in enumerate(logs.with_progress(loader, len(loader), f"epoch {epoch}/{epochs}")):
         with precision.autocast():
-            outputs = task.forward(model, inputs)
+            outputs = task.forward(model, inputs, targets)
             loss = task.loss(outputs, targets)
         objective = loss if penalty is None else loss + penalty()
         optimizer.zero_grad(set_to_none=True)
@@ -233,7 +235,7 @@ def evaluate(model: nn.Module, loader: Loader, task: Task, precision: Precision)
     sums = None
     for inputs, targets in loader:
         with precision.autocast():
-            outputs = task.forward(model, inputs)
+            outputs = task.forward(model, inputs, targets)
             loss = task.loss(outputs, targets)
         batch = task.batch_stats(outputs, targets, loss)
         sums = batch if sums is None else sums + batch
