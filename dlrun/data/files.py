@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from dlrun.data.loader import BatchTransform
+from dlrun.data.loader import BatchTransform, PairTransform
 from dlrun.errors import DataError
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
@@ -23,9 +23,13 @@ ImageTransform = Callable[[Image.Image], torch.Tensor]
 
 @dataclass(frozen=True)
 class FileSplit:
-    """Image files with class indices; `train_transform` is used when the split is trained on."""
+    """Image files with their targets; `train_transform` is used when the split is trained on.
 
-    samples: tuple[tuple[str, int], ...]
+    A target is a class index, or a tensor that batches by stacking (a detection image's
+    padded objects, dlrun.detection.targets).
+    """
+
+    samples: tuple[tuple[str, Any], ...]
     train_transform: ImageTransform
     eval_transform: ImageTransform
     num_workers: int = 0
@@ -42,13 +46,13 @@ class FileSplit:
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: ImageTransform) -> None:
+    def __init__(self, samples: Sequence[tuple[str, Any]], transform: ImageTransform) -> None:
         self.samples, self.transform = samples, transform
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         path, label = self.samples[index]
         try:
             with Image.open(path) as image:
@@ -62,13 +66,15 @@ class FileLoader:
 
     def __init__(self, split: FileSplit, batch_size: int, *, device: torch.device, training: bool,
                  shuffle: bool = False, generator: Optional[torch.Generator] = None,
-                 limit_batches: Optional[int] = None, transform: Optional[BatchTransform] = None) -> None:
+                 limit_batches: Optional[int] = None, transform: Optional[BatchTransform] = None,
+                 pair_transform: Optional[PairTransform] = None) -> None:
         self.split = split
         self.batch_size = batch_size
         self.device = device
         self.training = training
         self.limit_batches = limit_batches
         self.transform = transform
+        self.pair_transform = pair_transform
         self.loader = DataLoader(split.dataset(training), batch_size=batch_size, shuffle=shuffle, generator=generator,
                                  num_workers=split.num_workers, pin_memory=device.type == "cuda",
                                  persistent_workers=split.num_workers > 0)
@@ -81,7 +87,11 @@ class FileLoader:
         for _, (inputs, targets) in zip(range(len(self)), self.loader):
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
-            yield (self.transform(inputs) if self.transform is not None else inputs), targets
+            if self.transform is not None:
+                inputs = self.transform(inputs)
+            if self.pair_transform is not None:
+                inputs, targets = self.pair_transform(inputs, targets)
+            yield inputs, targets
 
     @property
     def num_examples(self) -> int:

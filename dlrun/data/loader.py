@@ -15,6 +15,9 @@ import torch
 from dlrun.data.splits import TensorSplit
 
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
+# A transform of inputs and targets together, for augmentations that move the targets with the
+# pixels (detection boxes: dlrun.data.box_augment). It runs after the BatchTransform.
+PairTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def compose(*transforms: Optional[BatchTransform]) -> Optional[BatchTransform]:
@@ -41,7 +44,8 @@ class TensorLoader:
     d2l's sequential sampling: the examples are cut into `batch_size` contiguous streams and
     row j of batch k+1 is the example right after row j of batch k, so a recurrent model can
     carry its state from batch to batch. Every streamed batch is full (the remainder is dropped).
-    `limit_batches` caps batches per pass.
+    `limit_batches` caps batches per pass. `transform` changes the inputs of each batch, then
+    `pair_transform` the inputs and targets together.
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class TensorLoader:
         generator: Optional[torch.Generator] = None,
         limit_batches: Optional[int] = None,
         transform: Optional[BatchTransform] = None,
+        pair_transform: Optional[PairTransform] = None,
     ) -> None:
         if shuffle and generator is None:
             raise ValueError("a shuffling TensorLoader needs a generator")
@@ -66,6 +71,7 @@ class TensorLoader:
         self.generator = generator
         self.limit_batches = limit_batches
         self.transform = transform
+        self.pair_transform = pair_transform
 
     def __len__(self) -> int:
         if self.streams:
@@ -85,6 +91,8 @@ class TensorLoader:
             inputs, targets = self.split.inputs[index], self.split.targets[index]
             if self.transform is not None:
                 inputs = self.transform(inputs)
+            if self.pair_transform is not None:
+                inputs, targets = self.pair_transform(inputs, targets)
             yield inputs, targets
 
     def _order(self) -> Optional[torch.Tensor]:
