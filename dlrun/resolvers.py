@@ -92,11 +92,19 @@ def image_folder_classes(root: str, labels_csv: str | None = None) -> int:
     return len(find_classes(root, labels_csv))
 
 
+def coco_classes(annotations: str) -> int:
+    """Number of categories in a COCO JSON (dataset=coco_folder)."""
+    from dlrun.data.coco import coco_categories
+
+    return len(coco_categories(annotations))
+
+
 OmegaConf.register_new_resolver("dlrun.data_root", data_root, replace=True)
 OmegaConf.register_new_resolver("dlrun.text_vocab_size", text_vocab_size, replace=True)
 OmegaConf.register_new_resolver("dlrun.csv_num_features", csv_num_features, replace=True)
 OmegaConf.register_new_resolver("dlrun.csv_num_outputs", csv_num_outputs, replace=True)
 OmegaConf.register_new_resolver("dlrun.image_folder_classes", image_folder_classes, replace=True)
+OmegaConf.register_new_resolver("dlrun.coco_classes", coco_classes, replace=True)
 OmegaConf.register_new_resolver("dlrun.image_shape", image_shape, replace=True)
 OmegaConf.register_new_resolver("dlrun.suffix", suffix, replace=True)
 OmegaConf.register_new_resolver("dlrun.sweep_dir", sweep_dir, replace=True)

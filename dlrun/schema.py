@@ -98,7 +98,7 @@ class Config:
 
 # Keys a group option may carry besides its target's arguments: dlrun reads them itself.
 META_KEYS: dict[str, set[str]] = {
-    "model": {"input_size", "init", "task"},  # task: the one task a model is made for (detection models)
+    "model": {"input_size", "init", "for_task"},  # for_task: the one task a model is made for (detection)
     "dataset": {"task", "num_outputs", "input_shape", "resize", "val_fraction", "subset", "log_target"},
     "optimizer": set(),
     "scheduler": {"interval", "monitor"},
@@ -260,14 +260,14 @@ def _check_scheduler(scheduler: dict[str, Any]) -> None:
                           "validation metrics exist once per epoch; use scheduler.interval=epoch")
 
 
-# Tasks whose datasets need a model made for them (one whose YAML says `task: <task>`).
+# Tasks whose datasets need a model made for them (one whose YAML says `for_task: <task>`).
 DEDICATED_TASKS = ("detection",)
 
 
 def _check_model_fits_task(model: dict[str, Any], task: str) -> None:
     """A model that names a task (e.g. TinySSD: detection) needs a dataset of that task, and such a
     task needs such a model: a classifier cannot output boxes, nor TinySSD a class."""
-    made_for = model.get("task")
+    made_for = model.get("for_task")
     if made_for == task or (made_for is None and task not in DEDICATED_TASKS):
         return
     name = str(model.get("_target_", "?")).rpartition(".")[2]
@@ -279,12 +279,14 @@ def _check_model_fits_task(model: dict[str, Any], task: str) -> None:
 
 
 def _options_for_task(group: str, task: str) -> list[str]:
-    """The options of a config group shipped with dlrun whose YAML sets `task: <task>` (for error messages)."""
+    """The options of a config group shipped with dlrun made for `task` (for error messages): models that
+    say `for_task: <task>`, datasets that say `task: <task>`."""
     from importlib.resources import files
 
     options = files("dlrun.conf").joinpath(group)
+    key = "for_task" if group == "model" else "task"
     return sorted(entry.name.removesuffix(".yaml") for entry in options.iterdir()
-                  if entry.name.endswith(".yaml") and OmegaConf.load(entry.open()).get("task") == task)
+                  if entry.name.endswith(".yaml") and OmegaConf.load(entry.open()).get(key) == task)
 
 
 def _check_ranges(c: dict[str, Any]) -> None:
