@@ -27,26 +27,26 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
 SPLITS = {"2007": ("trainval", "test"), "2012": ("train", "val")}  # (training list, test list) per year
 
 
-def load_voc(root: str, year: str = "2012", download: bool = True, image_size: int = 256,
+def load_voc(root: str, year: int = 2012, download: bool = True, image_size: int = 256,
              num_workers: int = 4) -> DataSplits:
     """VOC<year> under root/VOCdevkit/VOC<year> (JPEGImages/, Annotations/, ImageSets/Main/<list>.txt)."""
-    year = str(year)
-    if year not in SPLITS:
-        raise ValueError(f"year {year!r} is not one of: {', '.join(SPLITS)}")
+    year_name = str(year)
+    if year_name not in SPLITS:
+        raise ValueError(f"year {year} is not one of: {', '.join(SPLITS)}")
     root_path = Path(root).expanduser()
     splits = {}
-    for role, image_set in zip(("train", "test"), SPLITS[year]):
-        key = "2007-test" if image_set == "test" else year
+    for role, image_set in zip(("train", "test"), SPLITS[year_name]):
+        key = "2007-test" if image_set == "test" else year_name
         folder = root_path / DATASET_YEAR_DICT[key]["base_dir"]
         expected = ("Annotations/", "JPEGImages/", f"ImageSets/Main/{image_set}.txt")
         if _missing(folder, image_set) and download:
             torchvision_download(f"VOC{year}", VOCDetection, folder, expected, DATASET_YEAR_DICT[key]["url"],
-                                 root=str(root_path), year=year, image_set=image_set)
+                                 root=str(root_path), year=year_name, image_set=image_set)
         missing = _missing(folder, image_set)
         if missing:
             raise files_error(f"VOC{year}", folder, expected, describe_missing(missing, expected),
                               DATASET_YEAR_DICT[key]["url"])
-        listed = VOCDetection(str(root_path), year=year, image_set=image_set, download=False)
+        listed = VOCDetection(str(root_path), year=year_name, image_set=image_set, download=False)
         splits[role] = _read(f"VOC{year}", folder, expected, listed.images, listed.annotations)
     max_objects = max(1, *(len(labels) for split in splits.values() for _, _, labels in split))
     decode = decode_transform(image_size)
