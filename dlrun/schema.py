@@ -283,10 +283,14 @@ def _options_for_task(group: str, task: str) -> list[str]:
     say `for_task: <task>`, datasets that say `task: <task>`."""
     from importlib.resources import files
 
-    options = files("dlrun.conf").joinpath(group)
     key = "for_task" if group == "model" else "task"
-    return sorted(entry.name.removesuffix(".yaml") for entry in options.iterdir()
-                  if entry.name.endswith(".yaml") and OmegaConf.load(entry.open()).get(key) == task)
+    names = []
+    for entry in files("dlrun.conf").joinpath(group).iterdir():
+        if entry.name.endswith(".yaml"):
+            with entry.open() as handle:
+                if OmegaConf.load(handle).get(key) == task:
+                    names.append(entry.name.removesuffix(".yaml"))
+    return sorted(names)
 
 
 def _check_ranges(c: dict[str, Any]) -> None:
