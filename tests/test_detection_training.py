@@ -17,6 +17,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from conftest import compose_config, run_cli
 from dataset_files import write_coco_folder, write_voc
 from dlrun.data import build_data, load_splits
+from dlrun.data.synthetic_detection import synthetic_detection
 from dlrun.detection import detect
 from dlrun.detection.draw import draw_boxes
 from dlrun.errors import DataError
@@ -59,6 +60,25 @@ def test_tiny_ssd_learns_to_detect_the_synthetic_objects(cfg_for, tmp_path):
     with Image.open(io.BytesIO(pictures[-1].encoded_image_string)) as picture:
         assert picture.mode == "RGB" and picture.width > 4 * 32  # four validation images side by side
     assert "test/map50" in events.Tags()["scalars"]
+
+
+def test_the_synthetic_set_is_seeded_and_its_boxes_are_valid():
+    first = synthetic_detection(num_train=40, num_test=4, image_size=64, num_classes=5, seed=3)
+    again = synthetic_detection(num_train=40, num_test=4, image_size=64, num_classes=5, seed=3)
+    other = synthetic_detection(num_train=40, num_test=4, image_size=64, num_classes=5, seed=4)
+    assert torch.equal(first.train.inputs, again.train.inputs) and torch.equal(first.train.targets, again.train.targets)
+    assert not torch.equal(first.train.inputs, other.train.inputs)
+    assert first.train.inputs.shape == (40, 3, 64, 64) and first.train.inputs.dtype == torch.uint8
+    assert first.extras["classes"] == ["square", "disc", "triangle", "ring", "cross"]
+    targets = torch.cat([first.train.targets, first.test.targets])
+    real = targets[..., 0] >= 0
+    assert ((1 <= real.sum(dim=1)) & (real.sum(dim=1) <= 3)).all()
+    assert set(targets[real][:, 0].long().tolist()) == {0, 1, 2, 3, 4}
+    boxes = targets[real][:, 1:]
+    longer = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    assert (boxes >= 0).all() and (boxes <= 1).all() and ((0.15 - 1e-6 <= longer) & (longer <= 0.5 + 1e-6)).all()
+    with pytest.raises(ValueError, match="num_classes=6: there are 5 shapes"):
+        synthetic_detection(num_classes=6)
 
 
 def test_resuming_a_detection_run_continues_exactly(cfg_for, tmp_path):
