@@ -83,7 +83,8 @@ def main() -> None:
     rates = {label: count / seconds for label, seconds in best.items()}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"TinySSD training, {count} images of {size}x{size}, batch {args.batch_size}, {where}, torch {torch.__version__}")
+    print(f"TinySSD training, {count} images of {size}x{size}, batch {args.batch_size}, {where}, "
+          f"torch {torch.__version__}")
     print(f"dlrun {rates['dlrun']:,.1f} images/s, plain loop {rates['plain']:,.1f} images/s, "
           f"ratio {rates['dlrun'] / rates['plain']:.2f}x (best of {args.repeats} epochs each)")
 

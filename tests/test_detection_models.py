@@ -16,7 +16,7 @@ from dlrun.data.synthetic_detection import synthetic_detection
 from dlrun.errors import ConfigError
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
-from dlrun.models.torchvision_detection import DETECTORS
+from dlrun.models.torchvision_detection import DETECTORS, TorchvisionDetector
 from dlrun.schema import validate
 from dlrun.tasks import Detection
 
@@ -135,3 +135,5 @@ def test_unknown_detector_and_grey_images_are_clear_errors():
     with pytest.raises(ConfigError, match="name 'yolo' is not one of: ssdlite320_mobilenet_v3_large, "
                                           "fasterrcnn_mobilenet_v3_large_fpn, retinanet_resnet50_fpn"):
         build_model(validate(compose_config(*TINY, "model=torchvision_detection", "model.name=yolo")).model)
+    with pytest.raises(ValueError, match=r"detectors read RGB images \[3, H, W\], got input_shape \[1, 64, 64\]"):
+        TorchvisionDetector([1, 64, 64], num_classes=2)

@@ -96,7 +96,8 @@ def test_resuming_a_detection_run_continues_exactly(cfg_for, tmp_path):
 def test_a_coco_folder_trains_one_epoch_and_predicts(cfg_for, tmp_path):
     annotations = write_coco_folder(tmp_path / "coco", images=3)
     dataset = ["dataset=coco_folder", f"dataset.root={tmp_path / 'coco'}", f"dataset.annotations={annotations}",
-               "dataset.image_size=64", "dataset.num_workers=0", "dataset.test_fraction=0.34", "dataset.val_fraction=0.5"]
+               "dataset.image_size=64", "dataset.num_workers=0", "dataset.test_fraction=0.34",
+               "dataset.val_fraction=0.5"]
     splits = load_splits(validate(compose_config(*dataset, "model=tiny_ssd")).dataset)
     assert splits.extras["classes"] == ["nut", "bolt"]  # category ids 3 and 7, in id order
     first = dict(splits.train.samples + splits.test.samples)[str(tmp_path / "coco" / "images" / "0.jpg")]

@@ -97,7 +97,8 @@ def _paste_objects(image: torch.Tensor, num_classes: int, max_objects: int, min_
 
 def _free_box(placed: list[torch.Tensor], min_size: float, max_size: float,
               generator: torch.Generator) -> torch.Tensor | None:
-    """A random box (x1, y1, x2, y2) inside the image covering at most MAX_COVER of a placed box (or being so covered)."""
+    """A random box (x1, y1, x2, y2) in the image that covers at most MAX_COVER of each placed box, and is
+    covered at most that much by each."""
     for _ in range(PLACEMENT_TRIES):
         side, aspect, left, top = torch.rand(4, generator=generator).tolist()
         longer = min_size + (max_size - min_size) * side

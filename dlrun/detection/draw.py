@@ -44,7 +44,8 @@ def draw_boxes(image: torch.Tensor, detection: Optional[dict[str, torch.Tensor]]
 
 def boxes_grid(images: torch.Tensor, detections: list[dict[str, torch.Tensor]], classes: list[str],
                targets: torch.Tensor) -> torch.Tensor:
-    """One uint8 (3, H, W) picture of the images side by side, true and predicted (score >= DISPLAY_SCORE) boxes drawn."""
+    """One uint8 (3, H, W) picture: the images side by side, with their true boxes and the predicted ones
+    scoring DISPLAY_SCORE or more."""
     drawn = [draw_boxes(image, detection, classes, target, DISPLAY_SCORE)
              for image, detection, target in zip(images, detections, targets)]
     return make_grid(torch.stack(drawn), nrow=len(drawn), padding=2)

@@ -64,10 +64,10 @@ class TinySSD(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         block_channels = [widths[-1]] + [channels] * (len(sizes) - 1)
         anchors_per_cell = [len(s) + len(r) - 1 for s, r in zip(self.sizes, per_scale)]
-        self.class_predictors = nn.ModuleList(
-            nn.Conv2d(c, n * (num_classes + 1), kernel_size=3, padding=1) for c, n in zip(block_channels, anchors_per_cell))
-        self.box_predictors = nn.ModuleList(
-            nn.Conv2d(c, n * 4, kernel_size=3, padding=1) for c, n in zip(block_channels, anchors_per_cell))
+        scales = list(zip(block_channels, anchors_per_cell))
+        self.class_predictors = nn.ModuleList(nn.Conv2d(c, n * (num_classes + 1), kernel_size=3, padding=1)
+                                              for c, n in scales)
+        self.box_predictors = nn.ModuleList(nn.Conv2d(c, n * 4, kernel_size=3, padding=1) for c, n in scales)
         self.register_buffer("anchors", self._anchors_for(input_shape), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,8 @@ class TinySSD(nn.Module):
 
 
 def _per_anchor(prediction: torch.Tensor, values: int) -> torch.Tensor:
-    """(B, anchors·values, H, W) conv output as (B, H·W·anchors, values), cell by cell as multibox_prior orders them."""
+    """(B, anchors·values, H, W) conv output as (B, H·W·anchors, values): cell by cell, as multibox_prior
+    orders the anchors."""
     return prediction.permute(0, 2, 3, 1).reshape(prediction.shape[0], -1, values)
 
 
