@@ -182,6 +182,8 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
             log.info(logs.epoch_line(epoch, epochs, history))
             for tag, text in task.epoch_texts(model).items():
                 metrics_log.write_text(tag, text, epoch)
+            for tag, image in task.epoch_images(model).items():
+                metrics_log.write_image(tag, image, epoch)
 
             improved = _is_better(history[monitor], progress.best_value, task.mode)
             if improved:
@@ -254,7 +256,7 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
     batches = loader.batches(position.order, start=position.step)
     for inputs, targets in logs.with_progress(batches, len(loader) - position.step, f"epoch {epoch}/{epochs}"):
         with precision.autocast():
-            outputs = task.forward(model, inputs)
+            outputs = task.forward(model, inputs, targets)
             loss = task.loss(outputs, targets)
         objective = loss if penalty is None else loss + penalty()
         optimizer.zero_grad(set_to_none=True)
@@ -280,7 +282,7 @@ def evaluate(model: nn.Module, loader: Loader, task: Task, precision: Precision,
         if on_batch is not None:
             on_batch()
         with precision.autocast():
-            outputs = task.forward(model, inputs)
+            outputs = task.forward(model, inputs, targets)
             loss = task.loss(outputs, targets)
         batch = task.batch_stats(outputs, targets, loss)
         sums = batch if sums is None else sums + batch
