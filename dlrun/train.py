@@ -131,9 +131,10 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
                                             penalty, epoch, epochs)
             training_seconds = time.perf_counter() - epoch_started  # train_one_epoch ends with a host sync
             val_metrics = evaluate(net, data.val, task, precision) if validating else {}
+            examples_per_sec = data.train.num_examples / training_seconds
             history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
                        "lr": optimizer.param_groups[0]["lr"],
-                       "examples_per_sec": data.train.num_examples / training_seconds,
+                       "examples_per_sec": examples_per_sec, **task.speed_metrics(examples_per_sec),
                        "epoch_time_s": time.perf_counter() - epoch_started}
             if scheduler is not None and scheduler.interval == "epoch":
                 scheduler.step(history)
@@ -161,6 +162,7 @@ def train(cfg: DictConfig, run_dir: Path, fingerprint: str, fold: Optional[int] 
         if best_path.exists():  # test once, on the best epoch's weights
             model.load_state_dict(checkpoint.load_checkpoint(best_path, map_location=device)["model"])
         test_metrics = _prefixed("test", evaluate(net, data.test, task, precision))
+        test_metrics.update(task.after_test(net, run_dir))  # e.g. multi-step forecasts and their figure
         duration = time.perf_counter() - started
         # The run's results, logged as scalars so the HPARAMS tab can show them next to the hparams.
         results = {**test_metrics, monitor.replace("/", "/best_"): _or_nan(progress["best_value"]),
