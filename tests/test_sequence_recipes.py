@@ -15,6 +15,7 @@ from conftest import read_json
 from dataset_files import place_time_machine
 from dlrun.data.storage import DATA_ROOT_VARIABLE
 from dlrun.data.text import read_corpus
+from dlrun.errors import ConfigError
 from dlrun.forecast import FIGURE_FILE, Series, evaluate_forecasts, k_step_forecasts
 from dlrun.train import run
 from test_recipes import sweep_choices
@@ -142,3 +143,9 @@ def test_sine_recipe_reports_k_step_forecast_errors_and_draws_them(cfg_for, tmp_
     events = EventAccumulator(str(run_dir / "tb")).Reload()
     assert events.Scalars("forecast/mse_64")[-1].value == pytest.approx(errors[3], rel=1e-6)
     assert read_json(run_dir / "summary.json")["test"]["forecast/mse_1"] == pytest.approx(errors[0])
+
+
+def test_sine_rejects_forecasts_longer_than_its_test_part(cfg_for, tmp_path):
+    with pytest.raises(ConfigError, match=r"dataset=sine: forecast_steps=\[1, 500\] must be >= 1"):
+        run(cfg_for("dataset=sine", "model=mlp", "dataset.forecast_steps=[1,500]"), run_dir=tmp_path / "run")
+    assert read_json(tmp_path / "run" / "status.json")["exit_code"] == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from dlrun.data.splits import DataSplits, TensorSplit
@@ -37,7 +39,7 @@ def synthetic_linear(
 
 
 def sine(length: int = 1000, tau: int = 4, noise: float = 0.2, num_train: int = 600, seed: int = 0,
-         forecast_steps: list[int] = DEFAULT_HORIZONS) -> DataSplits:
+         forecast_steps: Sequence[int] = DEFAULT_HORIZONS) -> DataSplits:
     """x_t = sin(0.01 t) + N(0, noise²) for t = 1..length (d2l 8.1), embedded as (x_{t-tau} .. x_{t-1}) → x_t.
 
     The first `num_train` windows train (val is drawn from them), the later ones test: the
