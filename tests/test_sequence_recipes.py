@@ -22,6 +22,16 @@ from test_recipes import sweep_choices
 
 LANGUAGE_RECIPES = ["d2l/rnn", "d2l/gru", "d2l/lstm", "d2l/deep_lstm", "d2l/bidirectional_lstm", "d2l/sampling"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# On a busy 2-core machine PyTorch's two threads wait on each other and a run takes several times
+# longer than on one; the fixture below gives the process its thread count back after each test.
+ONE_THREAD = "device.num_threads=1"
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -43,7 +53,8 @@ def test_language_recipe_runs_a_smoke_version(recipe, text_root, cfg_for, tmp_pa
     for number, job in enumerate(sweep_choices(recipe)):  # d2l/sampling: sequential, then random
         run_dir = tmp_path / f"run{number}"
         # smoke: 1 epoch of 3 batches; batches of 8 windows keep the 2-layer bidirectional LSTM quick
-        summary = run(cfg_for(f"+experiment={recipe}", *job, "debug=smoke", "trainer.batch_size=8"), run_dir=run_dir)
+        summary = run(cfg_for(f"+experiment={recipe}", *job, "debug=smoke", "trainer.batch_size=8", ONE_THREAD),
+                      run_dir=run_dir)
         assert read_json(run_dir / "status.json")["status"] == "completed"
         assert summary["monitor"] == "val/ppl"
         for name in ("train/ppl", "val/ppl", "tokens_per_sec"):
@@ -74,7 +85,7 @@ def test_recipes_use_the_books_settings(text_root, cfg_for):
 def test_tokens_per_sec_is_examples_per_sec_times_num_steps(text_root, cfg_for, tmp_path):
     run_dir = tmp_path / "run"
     summary = run(cfg_for("+experiment=d2l/gru", "dataset.num_steps=7", "trainer.epochs=2", "trainer.limit_batches=2",
-                          "model.hidden_size=16"), run_dir=run_dir)
+                          "model.hidden_size=16", ONE_THREAD), run_dir=run_dir)
     records = epochs_of(run_dir)
     assert len(records) == 2
     for record in [*records, summary["final"]]:
@@ -85,12 +96,12 @@ def test_tokens_per_sec_is_examples_per_sec_times_num_steps(text_root, cfg_for, 
 
 
 def test_a_short_gru_run_learns_far_beyond_character_frequencies(text_root, cfg_for, tmp_path):
-    """The GRU recipe for 100 of its 500 epochs (under a minute on a CPU) beats the unigram model by far."""
+    """The GRU recipe for 100 of its 500 epochs (under a minute on one idle CPU core) beats the unigram model by far."""
     ids = read_corpus(str(text_root / "timemachine.txt"), clean=True).ids[:10000]
     frequencies = torch.bincount(ids).double() / len(ids)
     frequencies = frequencies[frequencies > 0]
     unigram_perplexity = math.exp(-(frequencies * frequencies.log()).sum().item())  # ≈ 17 for English letters
-    summary = run(cfg_for("+experiment=d2l/gru", "trainer.epochs=100"), run_dir=tmp_path / "run")
+    summary = run(cfg_for("+experiment=d2l/gru", "trainer.epochs=100", ONE_THREAD), run_dir=tmp_path / "run")
     assert 10 < unigram_perplexity < 25
     assert summary["final"]["train/ppl"] < 0.6 * unigram_perplexity
     assert summary["test"]["test/ppl"] < unigram_perplexity
@@ -135,7 +146,7 @@ def test_series_rejects_horizons_the_series_cannot_hold():
 
 def test_sine_recipe_reports_k_step_forecast_errors_and_draws_them(cfg_for, tmp_path):
     run_dir = tmp_path / "run"
-    summary = run(cfg_for("+experiment=d2l/sine"), run_dir=run_dir)
+    summary = run(cfg_for("+experiment=d2l/sine", ONE_THREAD), run_dir=run_dir)
     assert summary["final"]["train/loss"] < 0.08  # d2l: 0.05 after 5 epochs; the noise alone is 0.04
     errors = [summary["test"][f"forecast/mse_{k}"] for k in (1, 4, 16, 64)]
     assert errors[0] < 0.1 and errors == sorted(errors) and errors[3] > 3 * errors[0]
