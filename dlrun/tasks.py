@@ -4,12 +4,15 @@ Per batch a task returns a small tensor of sums that stays on the device; the lo
 them up and reads them once per epoch, so no step waits for the host. Tasks that need more
 than a forward pass per batch (a language model's hidden state, its text samples, a detector's
 targets, mAP and pictures) do it through the hooks `start_pass`, `forward`, `carried_state`,
-`epoch_texts` and `epoch_images`, so the loop stays the same for every task.
+`epoch_texts` and `epoch_images`, so the loop stays the same for every task; `speed_metrics` adds
+a task's own unit of speed (tokens/s) and `after_test` its own final evaluation (multi-step
+forecasts and their figure).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from dlrun.errors import ConfigError
+from dlrun.forecast import Series, evaluate_forecasts
 
 if TYPE_CHECKING:
     from dlrun.data import Data
@@ -56,6 +60,15 @@ class Task:
     def restore_carried_state(self, state: Any) -> None:
         """Continue a pass where `carried_state` was taken (called after `start_pass`)."""
 
+    def speed_metrics(self, examples_per_sec: float) -> dict[str, float]:
+        """Training speed in the task's own units, logged every epoch next to examples_per_sec."""
+        return {}
+
+    def after_test(self, model: torch.nn.Module, run_dir: Path) -> dict[str, float]:
+        """Extra evaluation after the test pass, on the same (best) weights: metrics named
+        `<group>/<name>`, reported with the test metrics; it may write files (figures) into `run_dir`."""
+        return {}
+
 
 class Classification(Task):
     """Cross-entropy on logits; accuracy. The best checkpoint has the highest val/acc."""
@@ -90,17 +103,22 @@ class Regression(Task):
     With `log_target` (dataset.log_target=true, for positive targets such as prices) it also
     reports d2l's log-RMSE, sqrt(mean((log max(prediction, 1) - log target)²)), and picks the
     best checkpoint by it: errors count relative to the target's size.
+
+    When the examples are windows of one series (the dataset's extras say so, e.g. `sine`),
+    `after_test` also forecasts k steps ahead from the model's own predictions (d2l 8.1) and
+    reports `forecast/mse_<k>` with a figure, `forecasts.png` (see dlrun.forecast).
     """
 
     mode = "min"
 
-    def __init__(self, log_target: bool = False) -> None:
+    def __init__(self, log_target: bool = False, series: Optional[Series] = None) -> None:
         self.log_target = log_target
         self.metric = "log_rmse" if log_target else "rmse"
+        self.series = series
 
     @classmethod
     def from_config(cls, cfg: DictConfig, data: "Data") -> "Regression":
-        return cls(log_target=bool(cfg.dataset.get("log_target", False)))
+        return cls(log_target=bool(cfg.dataset.get("log_target", False)), series=Series.from_extras(data.extras))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(outputs, targets.reshape(outputs.shape))
@@ -122,6 +140,11 @@ class Regression(Task):
             result["log_rmse"] = math.sqrt(log_errors / count) if log_errors >= 0 else float("nan")
         return result
 
+    def after_test(self, model: torch.nn.Module, run_dir: Path) -> dict[str, float]:
+        if self.series is None:
+            return {}
+        return evaluate_forecasts(model, self.series, run_dir)
+
 
 class LanguageModel(Task):
     """Next-token cross-entropy over every position; perplexity (exp of the mean loss), lower is better.
@@ -130,25 +153,29 @@ class LanguageModel(Task):
     With sequential sampling the state is carried from batch to batch, detached so gradients
     stop at the batch boundary (truncated backpropagation through time); with random sampling
     every batch starts from a fresh state. Every pass starts fresh. Gradients are clipped to
-    norm 1 unless regularization.grad_clip says otherwise (d2l 8.5).
+    norm 1 unless regularization.grad_clip says otherwise (d2l 8.5). Speed is also reported in
+    d2l's unit, tokens/s: every example is a window of `tokens_per_example` predicted tokens.
     """
 
     metric, mode = "ppl", "min"
     default_grad_clip = 1.0
 
     def __init__(self, tokens: list[str], separator: str, sample_prefix: list[int], carry_state: bool,
-                 sample_length: int = 50) -> None:
+                 sample_length: int = 50, tokens_per_example: int = 1) -> None:
         self.tokens = tokens
         self.separator = separator
         self.sample_prefix = sample_prefix or [1 if len(tokens) > 1 else 0]  # else: the most frequent token
         self.carry_state = carry_state
         self.sample_length = sample_length
+        self.tokens_per_example = tokens_per_example
         self.state: Any = None
 
     @classmethod
     def from_config(cls, cfg: DictConfig, data: "Data") -> "LanguageModel":
         extras = data.extras
-        return cls(extras["tokens"], extras["separator"], extras["sample_prefix"], carry_state=data.sequential)
+        # input_shape is [num_steps]: the window length, every position of which is predicted
+        return cls(extras["tokens"], extras["separator"], extras["sample_prefix"], carry_state=data.sequential,
+                   tokens_per_example=int(cfg.dataset.input_shape[0]))
 
     def start_pass(self, training: bool) -> None:
         self.state = None
@@ -180,6 +207,9 @@ class LanguageModel(Task):
 
     def epoch_texts(self, model: torch.nn.Module) -> dict[str, str]:
         return {"sample": self.generate(model)}
+
+    def speed_metrics(self, examples_per_sec: float) -> dict[str, float]:
+        return {"tokens_per_sec": examples_per_sec * self.tokens_per_example}
 
     @torch.no_grad()
     def generate(self, model: torch.nn.Module) -> str:

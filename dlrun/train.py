@@ -172,9 +172,10 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
             saver.start_validation(position)
             val_metrics = (evaluate(net, data.val, task, precision, on_batch=saver.during_validation)
                            if validating else {})
+            examples_per_sec = data.train.num_examples / training_seconds
             history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
                        "lr": optimizer.param_groups[0]["lr"],
-                       "examples_per_sec": data.train.num_examples / training_seconds,
+                       "examples_per_sec": examples_per_sec, **task.speed_metrics(examples_per_sec),
                        "epoch_time_s": position.seconds_so_far()}
             if scheduler is not None and scheduler.interval == "epoch":
                 scheduler.step(history)
@@ -201,6 +202,7 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
         if best_path.exists():  # test once, on the best epoch's weights
             model.load_state_dict(checkpoint.load_checkpoint(best_path, map_location=device)["model"])
         test_metrics = _prefixed("test", evaluate(net, data.test, task, precision, on_batch=saver.during_test))
+        test_metrics.update(task.after_test(net, run_dir))  # e.g. multi-step forecasts and their figure
         duration = progress.elapsed_s + time.perf_counter() - started
         # The run's results, logged as scalars so the HPARAMS tab can show them next to the hparams.
         results = {**test_metrics, monitor.replace("/", "/best_"): _or_nan(progress.best_value),

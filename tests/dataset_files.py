@@ -145,6 +145,26 @@ def write_text(path: Path, text: str = REPETITIVE_TEXT) -> None:
     path.write_text(text)
 
 
+def shipped_english_text() -> str:
+    """Real English prose that a dependency ships: scikit-learn's descriptions of its datasets.
+
+    About 43,000 characters (33,000 letters and spaces after d2l's cleaning): enough for the
+    time_machine recipes' 10,000 training and 2 x 5,000 held-out characters.
+    """
+    import sklearn
+
+    folder = Path(sklearn.__file__).parent / "datasets" / "descr"
+    return "\n".join(path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.rst")))
+
+
+def place_time_machine(root: Path) -> Path:
+    """A stand-in for d2l's timemachine.txt where `dataset=time_machine` looks ($DLRUN_DATA=root)."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "timemachine.txt"
+    path.write_text(shipped_english_text(), encoding="utf-8")
+    return path
+
+
 def dataset_overrides(tmp_path: Path) -> dict[str, list[str]]:
     """Overrides per dataset option: its files written under `tmp_path`, download off, a fitting model."""
     root = tmp_path / "data"
