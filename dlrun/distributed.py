@@ -106,6 +106,10 @@ class Ranks:
             raise ConfigError(f"trainer.batch_size={batch} does not split evenly over {self.world} processes "
                               f"(it is the global batch, shared out equally); use a multiple of {self.world}, "
                               f"e.g. {lower} or {higher}")
+        if cfg.dataset.get("task") == "detection":
+            raise ConfigError("task=detection runs on one process for now: its mAP needs every validation "
+                              "image's detections in one place; run it without torchrun (a sweep may run "
+                              "one process per job, hydra/launcher=joblib)")
         on_cuda = cfg.device.type == "cuda" or (cfg.device.type == "auto" and torch.cuda.is_available())
         if cfg.device.sync_batchnorm and not on_cuda:
             raise ConfigError("device.sync_batchnorm=true needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); "

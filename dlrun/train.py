@@ -13,34 +13,29 @@ import logging
 import math
 import random
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
-from dlrun import checkpoint, distributed, hparams, logs, processes
+from dlrun import checkpoint, hparams, logs
+from dlrun.attempt import in_multirun, planned_epochs, run_attempt
 from dlrun.checkpoint import EpochPosition
 from dlrun.data import Loader, build_data
 from dlrun.device import configure_backends, prepare_model, select_device
 from dlrun.distributed import Ranks
-from dlrun.errors import DlrunError
-from dlrun.kfold import train_folds
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
 from dlrun.optim import build_l1_penalty, build_optimizer
 from dlrun.precision import Precision
-from dlrun.preemption import Interrupted, StopSignals
-from dlrun.resume import ResumePlan, continue_command, record_early_failure, start_attempt
+from dlrun.preemption import StopSignals
 from dlrun.rundir import SUMMARY_FILE, RunStatus, environment, write_json
 from dlrun.saving import Checkpointer, SaveSchedule, check_finite
 from dlrun.schedulers import Scheduler, build_scheduler
-from dlrun.schema import validate
 from dlrun.tasks import Task, build_task
 
 log = logging.getLogger("dlrun")
@@ -60,59 +55,12 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """
     run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(cfg)
     with StopSignals() as stop:
-        summary, ranks = _run(cfg, run_dir, stop)
+        summary, ranks = run_attempt(cfg, run_dir, stop, train)
         signum = ranks.agree_now(stop.signum)
         if signum:  # too late to stop this run, but a sweep stops before its next job
             stop.adopt(signum)
             raise stop.interrupted(f"{stop.name} received as the run ended; the run is complete")
         return summary
-
-
-def _run(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> tuple[dict[str, Any], Ranks]:
-    try:
-        cfg = validate(cfg)
-        ranks = processes.join(cfg.device)
-        ranks.check(cfg)
-    except DlrunError as error:
-        if processes.environment_rank() == 0:
-            record_early_failure(run_dir, error)
-        raise
-    status: Optional[RunStatus] = None  # rank 0's
-
-    def prepare() -> ResumePlan:
-        nonlocal status
-        plan, status = start_attempt(cfg, run_dir, planned_epochs(cfg), _in_multirun(), hparams.overrides())
-        return plan
-
-    plan = ranks.from_main(prepare)  # rank 0 readies the run directory before the others start
-    run_dir = plan.run_dir
-    if plan.done is not None:
-        log.info("skipped: %s already completed %s epochs of this config", run_dir, plan.done.get("epochs_completed"))
-        return plan.done, ranks
-    try:
-        if cfg.trainer.kfold:
-            summary = train_folds(cfg, run_dir, planned_epochs(cfg), plan.in_place,
-                                  partial(train, cfg, stop=stop, status=status, ranks=ranks), writes=ranks.is_main)
-        else:
-            summary = train(cfg, run_dir, resume_from=plan.checkpoint, in_place=plan.in_place, stop=stop,
-                            status=status, ranks=ranks)
-    except BaseException as error:
-        stop.ignore_after_exit = ranks.distributed  # the run is over here: finish exiting whatever comes
-        if status is not None:
-            status.ended_by(error)
-        elif not distributed.in_step(error):  # a failure of this process alone: rank 0 may never hear of it
-            follower = RunStatus.of_attempt(run_dir, ranks.rank)
-            if follower is not None:
-                follower.ended_by(error)
-        if isinstance(error, Interrupted) and ranks.is_main:
-            log.info("continue with: %s", continue_command(run_dir))
-        if ranks.distributed and not distributed.in_step(error):
-            processes.leave()  # the others fail at their next exchange instead of waiting for this process
-            raise distributed.OutOfStep(error) from error
-        raise
-    if status is not None:
-        status.write("completed")
-    return summary, ranks
 
 
 def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_from: Optional[Path] = None,
@@ -127,7 +75,7 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
     """
     started = time.perf_counter()
     stop = stop if stop is not None else StopSignals()  # not entered: never requested
-    device = select_device(cfg.device.type, job_num=HydraConfig.get().job.num if _in_multirun() else 0,
+    device = select_device(cfg.device.type, job_num=HydraConfig.get().job.num if in_multirun() else 0,
                            local_rank=ranks.local_rank if ranks.distributed else None)
     configure_backends(cfg.device, processes_here=ranks.local_world)
     precision = Precision(cfg.device.amp, device)
@@ -204,9 +152,10 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
             ranks.sync_buffers(model)  # every process validates with rank 0's BatchNorm statistics
             val_metrics = (evaluate(net, data.val, task, precision, on_batch=saver.during_validation, ranks=ranks)
                            if validating else {})
+            examples_per_sec = data.train.num_examples / training_seconds
             history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
                        "lr": optimizer.param_groups[0]["lr"],
-                       "examples_per_sec": data.train.num_examples / training_seconds,
+                       "examples_per_sec": examples_per_sec, **task.speed_metrics(examples_per_sec),
                        "epoch_time_s": position.seconds_so_far()}
             if scheduler is not None and scheduler.interval == "epoch":
                 scheduler.step(history)
@@ -214,6 +163,8 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
             log.info(logs.epoch_line(epoch, epochs, history))
             for tag, text in (task.epoch_texts(model) if ranks.is_main else {}).items():
                 metrics_log.write_text(tag, text, epoch)
+            for tag, image in (task.epoch_images(model) if ranks.is_main else {}).items():
+                metrics_log.write_image(tag, image, epoch)
 
             improved = _is_better(history[monitor], progress.best_value, task.mode)
             if improved:
@@ -233,6 +184,8 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
         ranks.sync_buffers(model)
         test_metrics = _prefixed("test", evaluate(net, data.test, task, precision, on_batch=saver.during_test,
                                                   ranks=ranks))
+        # e.g. multi-step forecasts and their figure: rank 0 writes, the others get its numbers
+        test_metrics.update(ranks.from_main(lambda: task.after_test(net, run_dir)))
         duration = progress.elapsed_s + time.perf_counter() - started
         # The run's results, logged as scalars so the HPARAMS tab can show them next to the hparams.
         results = {**test_metrics, monitor.replace("/", "/best_"): _or_nan(progress.best_value),
@@ -298,7 +251,7 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
     for inputs, targets in logs.with_progress(batches, len(loader) - position.step, f"epoch {epoch}/{epochs}"):
         scale = loader.loss_scale(position.step)  # 1, except on several processes for a last, uneven batch
         with precision.autocast():
-            outputs = task.forward(model, inputs)
+            outputs = task.forward(model, inputs, targets)
             loss = task.loss(outputs, targets)
         objective = loss if scale == 1 else loss * scale
         if penalty is not None:
@@ -332,16 +285,11 @@ def evaluate(model: nn.Module, loader: Loader, task: Task, precision: Precision,
         if on_batch is not None:
             on_batch()
         with precision.autocast():
-            outputs = task.forward(model, inputs)
+            outputs = task.forward(model, inputs, targets)
             loss = task.loss(outputs, targets)
         batch = task.batch_stats(outputs, targets, loss)
         sums = batch if sums is None else sums + batch
     return task.metrics(ranks.sum_over(sums))
-
-
-def planned_epochs(cfg: DictConfig) -> int:
-    """trainer.epochs, capped by debug.max_epochs."""
-    return min(cfg.trainer.epochs, cfg.debug.max_epochs or cfg.trainer.epochs)
 
 
 def seed_everything(seed: int) -> None:
@@ -387,7 +335,3 @@ def _default_run_dir(cfg: DictConfig) -> Path:
 
 def _or_nan(value: Optional[float]) -> float:
     return float("nan") if value is None else value
-
-
-def _in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

@@ -23,7 +23,7 @@ from dlrun.saving import Checkpointer, SaveSchedule
 from dlrun.schema import validate
 
 
-def test_a_batch_that_does_not_split_evenly_and_sync_batchnorm_on_the_cpu_are_one_line_errors():
+def test_an_uneven_batch_sync_batchnorm_on_the_cpu_and_detection_on_several_processes_are_one_line_errors():
     cfg = validate(compose_config("trainer.batch_size=16", "device=cpu"))
     Ranks(0, 2).check(cfg)
     with pytest.raises(ConfigError, match=r"^trainer.batch_size=16 does not split evenly over 3 processes .* "
@@ -32,6 +32,10 @@ def test_a_batch_that_does_not_split_evenly_and_sync_batchnorm_on_the_cpu_are_on
     with pytest.raises(ConfigError, match="device.sync_batchnorm=true needs CUDA"):
         Ranks(0, 2).check(validate(compose_config("device=cpu", "device.sync_batchnorm=true")))
     Ranks().check(validate(compose_config("trainer.batch_size=7", "device=cpu", "device.sync_batchnorm=true")))
+    detection = validate(compose_config("dataset=synthetic_detection", "model=tiny_ssd", "device=cpu"))
+    with pytest.raises(ConfigError, match=r"^task=detection runs on one process for now: its mAP needs every "):
+        Ranks(0, 2).check(detection)
+    Ranks().check(detection)
 
 
 def test_sync_batchnorm_converts_the_batchnorm_layers_of_a_distributed_run_only():
