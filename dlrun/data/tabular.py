@@ -110,7 +110,8 @@ class TableEncoder:
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain JSON: {"columns": [{"name", "kind": "numeric", "mean", "std"} | {"name", "kind": "categorical", "categories"}]}."""
+        """Plain JSON: {"columns": [{"name", "kind": "numeric", "mean", "std"}
+        or {"name", "kind": "categorical", "categories"}, ...]}."""
         return {"columns": [{"name": c.name, "kind": "numeric", "mean": c.mean, "std": c.std}
                             if isinstance(c, NumericColumn) else
                             {"name": c.name, "kind": "categorical", "categories": list(c.categories)}
@@ -243,7 +244,8 @@ def _one_hot(column: CategoricalColumn, values: list[str]) -> np.ndarray:
     index = {category: i for i, category in enumerate(column.categories)}
     unseen = len(column.categories)  # the <missing> column: missing values and categories training never saw
     block = np.zeros((len(values), unseen + 1))
-    block[np.arange(len(values)), [unseen if _is_missing(value) else index.get(value, unseen) for value in values]] = 1.0
+    hot = [unseen if _is_missing(value) else index.get(value, unseen) for value in values]
+    block[np.arange(len(values)), hot] = 1.0
     return block
 
 
