@@ -4,7 +4,7 @@ Per batch a task returns a small tensor of sums that stays on the device; the lo
 them up and reads them once per epoch, so no step waits for the host. Tasks that need more
 than a forward pass per batch (a language model's hidden state, its text samples) do it
 through the hooks `start_pass`, `carried_state` and `epoch_texts`, so the loop stays the same for
-every task.
+every task. `report` names what dlrun-eval writes for the task and what a dlrun-predict row holds.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 
 if TYPE_CHECKING:
     from dlrun.data import Data
+    from dlrun.data.card import DataCard
+    from dlrun.reports import Report, ReportOptions
 
 
 class Task:
@@ -49,6 +51,13 @@ class Task:
     def restore_carried_state(self, state: Any) -> None:
         """Continue a pass where `carried_state` was taken (called after `start_pass`)."""
 
+    @classmethod
+    def report(cls, card: "DataCard", options: "ReportOptions") -> "Report":
+        """What dlrun-eval writes besides the metrics, and what a dlrun-predict row holds (dlrun.reports)."""
+        from dlrun.reports import Report
+
+        return Report(card, options)
+
 
 class Classification(Task):
     """Cross-entropy on logits; accuracy. The best checkpoint has the highest val/acc."""
@@ -75,6 +84,12 @@ class Classification(Task):
     def metrics(self, stats: list[float]) -> dict[str, float]:
         loss_sum, correct, count = stats
         return {"loss": loss_sum / count, "acc": correct / count}
+
+    @classmethod
+    def report(cls, card: "DataCard", options: "ReportOptions") -> "Report":
+        from dlrun.reports import ClassificationReport
+
+        return ClassificationReport(card, options)
 
 
 class Regression(Task):
@@ -114,6 +129,12 @@ class Regression(Task):
         if self.log_target:
             result["log_rmse"] = math.sqrt(log_errors / count) if log_errors >= 0 else float("nan")
         return result
+
+    @classmethod
+    def report(cls, card: "DataCard", options: "ReportOptions") -> "Report":
+        from dlrun.reports import RegressionReport
+
+        return RegressionReport(card, options)
 
 
 class LanguageModel(Task):
@@ -172,6 +193,12 @@ class LanguageModel(Task):
 
     def epoch_texts(self, model: torch.nn.Module) -> dict[str, str]:
         return {"sample": self.generate(model)}
+
+    @classmethod
+    def report(cls, card: "DataCard", options: "ReportOptions") -> "Report":
+        from dlrun.reports import LanguageModelReport
+
+        return LanguageModelReport(card, options)
 
     @torch.no_grad()
     def generate(self, model: torch.nn.Module) -> str:

@@ -40,7 +40,7 @@ class DataCard:
     encoder: Optional[dict[str, Any]] = None  # TableEncoder state (table inputs)
     target: Optional[str] = None  # the target column of a CSV dataset
     log_target: bool = False  # regression scored by log-RMSE; the model still predicts the target's own units
-    vocabulary: Optional[dict[str, Any]] = None  # {"tokens": [...], "separator": "" | " "} (token inputs)
+    vocabulary: Optional[dict[str, Any]] = None  # {"tokens", "separator": "" | " ", "sample_prefix"} (token inputs)
     dataset: str = ""  # the dataset's _target_, for messages
 
     @classmethod
@@ -96,7 +96,9 @@ def _input_kind(task: str, shape: list[int],
                 extras: dict[str, Any]) -> tuple[str, Optional[dict[str, Any]], Optional[dict[str, Any]]]:
     """(inputs, encoder state, vocabulary) from what the dataset returned."""
     if task == "language_model":
-        return "tokens", None, {"tokens": list(extras["tokens"]), "separator": extras["separator"]}
+        tokens, separator = list(extras["tokens"]), extras["separator"]
+        prefix = separator.join(tokens[i] for i in extras.get("sample_prefix", []))
+        return "tokens", None, {"tokens": tokens, "separator": separator, "sample_prefix": prefix}
     if "encoder" in extras:
         return "table", extras["encoder"], None
     if len(shape) == 1:  # numbers already (diabetes, synthetic data): CSV columns named as the dataset names them
