@@ -106,9 +106,17 @@ def evaluation_config(trained: TrainedRun, overrides: list[str]) -> tuple[DictCo
     if "model" in sections:
         raise ConfigError("the model is the run's own (its checkpoint's config and weights); "
                           "dlrun-eval's overrides name data, device and evaluation settings, e.g. dataset=...")
-    with initialize_config_module(version_base="1.3", config_module="dlrun.conf"):
-        composed = compose(config_name="config", overrides=merge_overrides(_recorded_overrides(trained.run_dir),
-                                                                            overrides))
+    recorded = _recorded_overrides(trained.run_dir)
+    try:
+        with initialize_config_module(version_base="1.3", config_module="dlrun.conf"):
+            composed = compose(config_name="config", overrides=merge_overrides(recorded, overrides))
+    except Exception as error:
+        if recorded is not None:
+            raise
+        from dlrun.cli import describe_error
+
+        raise ConfigError(f"{describe_error(error)} ({trained.run_dir} has no .hydra/overrides.yaml, as a run "
+                          "started from code: name its dataset option too, e.g. dataset=csv dataset.path=...)") from None
     cfg = OmegaConf.create(OmegaConf.to_container(trained.config))  # the run's values, resolved
     for section in sections:
         if section not in composed or section == "hydra":
@@ -122,7 +130,7 @@ def evaluation_config(trained: TrainedRun, overrides: list[str]) -> tuple[DictCo
     return cfg, own
 
 
-def merge_overrides(recorded: list[str], given: list[str]) -> list[str]:
+def merge_overrides(recorded: Optional[list[str]], given: list[str]) -> list[str]:
     """The run's overrides, less those `given` replaces (all `dataset.*` ones when `dataset=` changes), then `given`."""
     replaced = {_key(o) for o in given}
     switching_dataset = "dataset" in replaced
@@ -131,16 +139,16 @@ def merge_overrides(recorded: list[str], given: list[str]) -> list[str]:
         key = _key(override)
         return not (key in replaced or key.startswith("hydra") or (switching_dataset and key.startswith("dataset.")))
 
-    return [o for o in recorded if kept(o)] + list(given)
+    return [o for o in recorded or () if kept(o)] + list(given)
 
 
-def _recorded_overrides(run_dir: Path) -> list[str]:
-    """The overrides the run was started with (a K-fold run's fold: its parent's); none for a run started from code."""
+def _recorded_overrides(run_dir: Path) -> Optional[list[str]]:
+    """The overrides the run was started with (a K-fold run's fold: its parent's); None for a run started from code."""
     for folder in (run_dir, run_dir.parent):
         path = folder / ".hydra" / "overrides.yaml"
         if path.is_file():
             return [str(o) for o in OmegaConf.load(path)]
-    return []
+    return None
 
 
 def _fit_to_model(cfg: DictConfig, trained: TrainedRun, given: set[str]) -> None:

@@ -177,9 +177,10 @@ class RegressionReport(Report):
         if not self.residuals:
             return []
         table = Table(title="residuals (predicted - true)")
-        for name in self.residuals:
-            table.add_column(name, justify="right")
-        table.add_row(*(_number(value) for value in self.residuals.values()))
+        table.add_column("statistic")
+        table.add_column("value", justify="right")
+        for name, value in self.residuals.items():
+            table.add_row(name, _number(value))
         return [table]
 
     def rows(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
