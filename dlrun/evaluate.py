@@ -90,9 +90,9 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best", 
         for name, value in metrics.items():
             writer.add_scalar(name, value, trained.epoch)
         extra = report.finish(folder, writer, trained.model)
-    result = {"run_dir": str(run_dir), "checkpoint": str(trained.checkpoint), "epoch": trained.epoch,
-              "split": split, "overrides": list(overrides), "examples": loader.num_examples, "metrics": metrics,
-              **extra}
+    result = {"run_dir": str(run_dir), "folder": str(folder), "checkpoint": str(trained.checkpoint),
+              "epoch": trained.epoch, "split": split, "overrides": list(overrides), "examples": loader.num_examples,
+              "metrics": metrics, **extra}
     write_json(folder / "metrics.json", result)
     _show(metrics, report.tables(), folder)
     return result
@@ -116,7 +116,8 @@ def evaluation_config(trained: TrainedRun, overrides: list[str]) -> tuple[DictCo
         from dlrun.cli import describe_error
 
         raise ConfigError(f"{describe_error(error)} ({trained.run_dir} has no .hydra/overrides.yaml, as a run "
-                          "started from code: name its dataset option too, e.g. dataset=csv dataset.path=...)") from None
+                          "started from code: name its dataset option too, e.g. dataset=csv dataset.path=...)"
+                          ) from None
     cfg = OmegaConf.create(OmegaConf.to_container(trained.config))  # the run's values, resolved
     for section in sections:
         if section not in composed or section == "hydra":

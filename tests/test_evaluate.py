@@ -1,4 +1,7 @@
-"""dlrun-eval: a run's own test split reproduced, its confusion matrix and pictures, other data, one-line errors."""
+"""dlrun-eval: a run's own test split reproduced, its confusion matrix and pictures, other data, one-line errors.
+
+(A language model's text is predicted here too, from the run trained for its evaluation.)
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from conftest import compose_config, read_json
 from dataset_files import REPETITIVE_TEXT, write_image_folder, write_text
 from dlrun.errors import ConfigError
 from dlrun.evaluate import evaluate_run, evaluation_config, merge_overrides
+from dlrun.predict import main as predict
 from dlrun.reports import ReportOptions
 from dlrun.train import run
 from dlrun.trained import load_run
@@ -30,16 +34,6 @@ def train(root: Path, *overrides: str) -> Path:
     return run_dir
 
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory) -> Path:
-    """An MLP trained for 3 epochs on the bundled digits (8x8 grey images, 10 classes)."""
-    return train(tmp_path_factory.mktemp("digits"), "model=mlp", "trainer.epochs=3")
-
-
-def eval_folders(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "eval").iterdir())
-
-
 def valid_png(path: Path) -> tuple[int, int]:
     with Image.open(path) as image:
         assert image.format == "PNG"
@@ -52,7 +46,8 @@ def test_the_runs_test_split_is_reproduced_with_its_confusion_matrix(digits_run)
     result = evaluate_run(digits_run, [])
     assert result["split"] == "test" and result["metrics"] == summary["test"]  # the same numbers, exactly
     assert result["checkpoint"].endswith("best.pt") and result["epoch"] == summary["best_epoch"]
-    folder = eval_folders(digits_run)[-1]
+    folder = Path(result["folder"])
+    assert folder.parent == digits_run / "eval"
     assert read_json(folder / "metrics.json")["metrics"] == summary["test"]
 
     matrix = read_json(folder / "confusion_matrix.json")
@@ -90,7 +85,7 @@ def test_other_images_by_overrides_with_classes_matched_by_name(digits_run, tmp_
     result = evaluate_run(digits_run, ["dataset=image_folder", f"dataset.root={tmp_path / 'new'}",
                                        "dataset.num_workers=0"])
     assert result["split"] == "all" and result["examples"] == files  # new data is evaluated whole
-    counts = np.array(read_json(eval_folders(digits_run)[-1] / "confusion_matrix.json")["counts"])
+    counts = np.array(read_json(Path(result["folder"]) / "confusion_matrix.json")["counts"])
     assert counts.sum() == files and set(np.nonzero(counts.sum(axis=1))[0]) == {3, 7, 9}
     assert result["metrics"]["all/acc"] > 0.5
 
@@ -100,11 +95,13 @@ def test_cli_last_checkpoint_and_one_line_errors(digits_run, tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "test/acc" in result.stdout and "per class" in result.stdout
-    assert read_json(eval_folders(digits_run)[-1] / "metrics.json")["checkpoint"].endswith("last.pt")
+    latest = max((digits_run / "eval").iterdir(), key=lambda folder: folder.stat().st_mtime)
+    assert read_json(latest / "metrics.json")["checkpoint"].endswith("last.pt")
 
     write_image_folder(tmp_path / "pets")  # classes cat and dog: not digits
-    result = subprocess.run([str(DLRUN_EVAL), str(digits_run), "dataset=image_folder", f"dataset.root={tmp_path / 'pets'}",
-                             "dataset.num_workers=0"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([str(DLRUN_EVAL), str(digits_run), "dataset=image_folder",
+                             f"dataset.root={tmp_path / 'pets'}", "dataset.num_workers=0"],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "dlrun-eval: error: the data's classes cat, dog are not classes of the model; its classes: "
@@ -132,7 +129,7 @@ def test_regression_scatter_and_residuals(tmp_path):
     residuals = result["residuals"]
     assert residuals["count"] == result["examples"] == 89  # 20 % of the 442 patients
     assert residuals["rmse"] == pytest.approx(summary["test"]["test/rmse"], rel=1e-5)
-    assert valid_png(eval_folders(run_dir)[-1] / "predicted_vs_true.png")
+    assert valid_png(Path(result["folder"]) / "predicted_vs_true.png")
 
 
 def test_language_model_perplexity_and_generated_text(tmp_path, monkeypatch):
@@ -144,7 +141,9 @@ def test_language_model_perplexity_and_generated_text(tmp_path, monkeypatch):
     assert result["metrics"] == read_json(run_dir / "summary.json")["test"]
     text = result["generated"]["text"]
     assert text.startswith("the qu") and len(text) == len("the qu") + 20
-    assert (eval_folders(run_dir)[-1] / "generated.txt").read_text() == text + "\n"
+    assert (Path(result["folder"]) / "generated.txt").read_text() == text + "\n"
+    predict([str(run_dir), "the qu", "--length", "20", "--out", str(tmp_path / "text.csv")])
+    assert (tmp_path / "text.csv").read_text().splitlines() == ["prefix,prediction", f"the qu,{text}"]
 
     # Another text: its characters are matched to the model's vocabulary by name (unknown ones → <unk>).
     write_text(tmp_path / "other.txt", "the lazy dog jumps over the quick brown fox. " * 20)
