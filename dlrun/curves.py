@@ -62,18 +62,25 @@ def write_run_curves(run_dir: Path, metric: str) -> Optional[Path]:
 
 
 def write_sweep_curves(summary: SweepSummary) -> Path:
-    """val_curves.png in the sweep directory: each job's validation loss and metric per epoch; seed groups
-    as mean ± std over their jobs (at the epochs every one of them reached)."""
+    """val_curves.png in the sweep directory (see `sweep_panels`)."""
+    return save_png(line_chart(sweep_panels(summary), panel_width=6.5, height=4.5),
+                    summary.sweep_dir / SWEEP_CURVES_FILE)
+
+
+def sweep_panels(summary: SweepSummary) -> list[Panel]:
+    """Each job's validation loss and metric per epoch, labelled by the overrides that differ; a seed
+    group's jobs as one curve, their mean ± sample std at the epochs every one of them reached."""
     jobs = {job.job: job for job in summary.jobs}
     shared = set.intersection(*(set(job.overrides) for job in summary.jobs)) if len(jobs) > 1 else set()
     monitor = next((job.monitor for job in summary.jobs if job.monitor), None)
     split, _, metric = (monitor or "val/").partition("/")
     metric = metric or _first_metric(summary)
     grouped = {number for group in summary.seed_groups for number in group.jobs}
-    lines: list[tuple[str, list[Series]]] = []
+    lines: list[tuple[str, list[dict[str, Series]]]] = []  # (label, the series of its jobs)
     for group in summary.seed_groups:
         label = " ".join(o for o in group.overrides if o not in shared) or "(all jobs)"
-        lines.append((f"{label} ({len(group.jobs)} seeds)", [_job_series(summary, jobs[n]) for n in group.jobs]))
+        members = [_job_series(summary, jobs[n]) for n in group.jobs]
+        lines.append((f"{label} (mean ± std, {len(group.jobs)} seeds)", members))
     for job in sorted(summary.jobs, key=lambda j: j.job):
         if job.job not in grouped:
             label = " ".join(o for o in job.overrides if o not in shared) or job.name
@@ -84,7 +91,7 @@ def write_sweep_curves(summary: SweepSummary) -> Path:
         key = f"{split}/{name}"
         curves = [_mean_curve(label, [series.get(key, {}) for series in members]) for label, members in lines]
         panels.append(Panel(key, [curve for curve in curves if curve is not None]))
-    return save_png(line_chart(panels, panel_width=6.5, height=4.5), summary.sweep_dir / SWEEP_CURVES_FILE)
+    return panels
 
 
 def _job_series(summary: SweepSummary, job: JobResult) -> dict[str, Series]:

@@ -1,4 +1,4 @@
-"""dlrun-predict: image folders (nested, flat, one file), CSV rows through the training preprocessing, d2l's submission."""
+"""dlrun-predict: image folders (nested, flat, one file), CSV rows through the training preprocessing, a submission."""
 
 from __future__ import annotations
 
