@@ -94,7 +94,8 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best", 
               "epoch": trained.epoch, "split": split, "overrides": list(overrides), "examples": loader.num_examples,
               "metrics": metrics, **extra}
     write_json(folder / "metrics.json", result)
-    _show(metrics, report.tables(), folder)
+    _show(f"{split} split ({loader.num_examples} examples), {trained.checkpoint.name} of epoch {trained.epoch}",
+          metrics, report.tables(), folder)
     return result
 
 
@@ -233,8 +234,9 @@ def _new_folder(parent: Path) -> Path:
     raise FileExistsError(f"no free folder name under {parent}")
 
 
-def _show(metrics: dict[str, float], tables: list[Table], folder: Path) -> None:
-    table = Table(title="evaluation")
+def _show(what: str, metrics: dict[str, float], tables: list[Table], folder: Path) -> None:
+    logs.console.print(f"evaluated: {what}", soft_wrap=True)
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():

@@ -176,7 +176,7 @@ class RegressionReport(Report):
     def tables(self) -> list[Table]:
         if not self.residuals:
             return []
-        table = Table(title="residuals (predicted - true)")
+        table = Table(title="residuals", caption="predicted - true")
         table.add_column("statistic")
         table.add_column("value", justify="right")
         for name, value in self.residuals.items():

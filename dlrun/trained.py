@@ -62,6 +62,8 @@ def load_run(run_dir: Path, which: str = "best", device: Optional[str] = None) -
         raise CheckpointError(f"checkpoint {path} does not fit the model its config builds: "
                               f"{str(error).splitlines()[0]}") from None
     model.to(chosen).eval()
+    if config.device.channels_last:  # the memory format training evaluated with (compilation is left out)
+        model.to(memory_format=torch.channels_last)
     return TrainedRun(run_dir, path, int(state["epoch"]), config, read_card(run_dir, config), model, chosen,
                       Precision(config.device.amp, chosen))
 
