@@ -5,7 +5,7 @@ test split by default: the same examples, batches and metric code as training's 
 the numbers match summary.json), or other data named by Hydra-style overrides:
 
     dlrun-eval outputs/<run> dataset=image_folder dataset.root=more_images
-    dlrun-eval outputs/<run> dataset.path=labelled_later.csv device=cpu
+    dlrun-eval outputs/<run> dataset.path=labelled_later.csv --device cpu
 
 The overrides are composed as `dlrun` would (with the run's own overrides from .hydra/), and
 every config section they do not touch is the run's, so `${model.input_size}` and `${seed}`
@@ -94,8 +94,9 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best", 
               "epoch": trained.epoch, "split": split, "overrides": list(overrides), "examples": loader.num_examples,
               "metrics": metrics, **extra}
     write_json(folder / "metrics.json", result)
-    _show(f"{split} split ({loader.num_examples} examples), {trained.checkpoint.name} of epoch {trained.epoch}",
-          metrics, report.tables(), folder)
+    examples = (f"all {loader.num_examples} examples" if split == "all"
+                else f"the {split} split ({loader.num_examples} examples)")
+    _show(f"{examples} with {trained.checkpoint.name} of epoch {trained.epoch}", metrics, report.tables(), folder)
     return result
 
 
@@ -106,7 +107,10 @@ def evaluation_config(trained: TrainedRun, overrides: list[str]) -> tuple[DictCo
     sections = sorted({_key(o).split(".")[0] for o in overrides})
     if "model" in sections:
         raise ConfigError("the model is the run's own (its checkpoint's config and weights); "
-                          "dlrun-eval's overrides name data, device and evaluation settings, e.g. dataset=...")
+                          "dlrun-eval's overrides name data and evaluation settings, e.g. dataset=...")
+    if "device" in sections:
+        raise ConfigError("choose where the model runs with --device cpu|cuda|auto (the run's device.* settings "
+                          "are kept)")
     recorded = _recorded_overrides(trained.run_dir)
     try:
         with initialize_config_module(version_base="1.3", config_module="dlrun.conf"):
@@ -123,7 +127,7 @@ def evaluation_config(trained: TrainedRun, overrides: list[str]) -> tuple[DictCo
     for section in sections:
         if section not in composed or section == "hydra":
             raise ConfigError(f"dlrun-eval cannot override {section!r}: name a config section such as dataset, "
-                              "device, trainer or debug")
+                              "trainer or debug")
         cfg[section] = composed[section]  # its interpolations now resolve against the run's other sections
     if "dataset" in sections:
         _fit_to_model(cfg, trained, {_key(o) for o in overrides})

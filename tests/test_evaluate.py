@@ -112,6 +112,8 @@ def test_the_model_is_the_runs_own(digits_run):
     trained = load_run(digits_run)
     with pytest.raises(ConfigError, match="the model is the run's own"):
         evaluation_config(trained, ["model=lenet"])
+    with pytest.raises(ConfigError, match="--device cpu"):
+        evaluation_config(trained, ["device=cpu"])
     cfg, own = evaluation_config(trained, ["trainer.batch_size=7"])
     assert own and cfg.trainer.batch_size == 7 and cfg.model == trained.config.model
     assert merge_overrides(["model=mlp", "dataset=csv", "dataset.path=a.csv", "seed=3"],

@@ -132,3 +132,19 @@ def test_a_missing_column_is_one_line_naming_it(house_run, tmp_path):
     assert result.stderr.splitlines() == [f"dlrun-predict: error: {tmp_path / 'no_street.csv'} has no column 'Street'; "
                                           "the model reads the columns LotArea, Street, Zero, Quality"]
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_eval_reads_another_labelled_csv_through_the_runs_encoder(house_run, tmp_path):
+    run_dir, train_csv = house_run
+    with open(train_csv, newline="") as handle:
+        rows = list(csv.reader(handle))
+    with open(tmp_path / "shuffled.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([row[::-1] for row in rows])  # the same rows, the columns in reverse order
+    result = evaluate_run(run_dir, ["dataset=csv", f"dataset.path={tmp_path / 'shuffled.csv'}",
+                                    "dataset.target=SalePrice", "dataset.log_target=true"])
+    table = encode_csv(str(train_csv), "SalePrice", "regression", ("Id",))
+    with torch.no_grad():
+        outputs = load_run(run_dir).model(torch.from_numpy(table.features)).reshape(-1).double()
+    expected = (outputs - torch.from_numpy(table.targets).double()).square().mean().sqrt()
+    assert result["split"] == "all" and result["examples"] == 40
+    assert result["metrics"]["all/rmse"] == pytest.approx(float(expected), rel=1e-5)
