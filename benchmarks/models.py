@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from dlrun.data.loader import TensorLoader
@@ -31,7 +32,9 @@ from dlrun.precision import Precision
 from dlrun.tasks import Classification
 from dlrun.train import train_one_epoch
 
-MODELS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*.yaml"))
+# Classifiers only: detection models (`for_task: detection`) have benchmarks/detection_speed.py.
+MODELS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*.yaml")
+                if OmegaConf.load(p).get("for_task") is None)
 FALLBACK_SIZE = 28
 LR = 0.01
 

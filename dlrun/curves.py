@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from dlrun.figures import Curve, Panel, line_chart, save_png
+from dlrun.plots import Curve, Panel, line_chart, save_png
 
 if TYPE_CHECKING:
     from dlrun.sweep import JobResult, SweepSummary

@@ -61,6 +61,11 @@ class MetricsLog:
         self.writer.flush()
         log.info("%s: %s", tag, text)
 
+    def write_image(self, tag: str, image: Any, step: int) -> None:
+        """A picture (uint8 or [0, 1] float tensor, 3 x H x W), e.g. detections, in TensorBoard's IMAGES tab."""
+        self.writer.add_image(tag, image, step, dataformats="CHW")
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
         self.jsonl.close()

@@ -28,7 +28,7 @@ from rich.table import Table
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from dlrun import figures
+from dlrun import plots
 from dlrun.atomic import atomic_write
 from dlrun.data.card import DataCard
 from dlrun.errors import DataError
@@ -102,9 +102,9 @@ class ClassificationReport(Report):
         counts = self.counts.cpu().numpy()
         write_json(folder / "confusion_matrix.json",
                     {"classes": classes, "rows": "true class", "columns": "predicted class", "counts": counts.tolist()})
-        chart = figures.confusion_matrix_chart(counts, classes)
-        figures.save_png(chart, folder / "confusion_matrix.png")
-        writer.add_image("eval/confusion_matrix", figures.pixels(chart), dataformats="HWC")
+        chart = plots.confusion_matrix_chart(counts, classes)
+        plots.save_png(chart, folder / "confusion_matrix.png")
+        writer.add_image("eval/confusion_matrix", plots.pixels(chart), dataformats="HWC")
         self.per_class = per_class_scores(counts, classes)
         result: dict[str, Any] = {"per_class": self.per_class, "macro": macro_average(self.per_class)}
         if self.wrong is not None:
@@ -119,10 +119,10 @@ class ClassificationReport(Report):
         classes = self.card.classes
         titles = [f"{classes[t]} → {classes[p]} ({s:.2f})" for s, (t, p) in zip(scores[shown].tolist(),
                                                                                labels[shown].tolist())]
-        grid = figures.image_grid(images[shown].numpy(), titles)
+        grid = plots.image_grid(images[shown].numpy(), titles)
         grid.suptitle("most confidently wrong: true → predicted (confidence)", fontsize="small")
-        figures.save_png(grid, folder / "wrong_examples.png")
-        writer.add_image("eval/wrong_examples", figures.pixels(grid), dataformats="HWC")
+        plots.save_png(grid, folder / "wrong_examples.png")
+        writer.add_image("eval/wrong_examples", plots.pixels(grid), dataformats="HWC")
         return int(shown.sum())
 
     def tables(self) -> list[Table]:
@@ -168,9 +168,9 @@ class RegressionReport(Report):
             return {}
         predicted, true = torch.cat(self.predicted).cpu().numpy(), torch.cat(self.true).cpu().numpy()
         self.residuals = residual_statistics(predicted, true)
-        chart = figures.scatter_chart(true, predicted, f"predicted vs true (RMSE {self.residuals['rmse']:.4g})")
-        figures.save_png(chart, folder / "predicted_vs_true.png")
-        writer.add_image("eval/predicted_vs_true", figures.pixels(chart), dataformats="HWC")
+        chart = plots.scatter_chart(true, predicted, f"predicted vs true (RMSE {self.residuals['rmse']:.4g})")
+        plots.save_png(chart, folder / "predicted_vs_true.png")
+        writer.add_image("eval/predicted_vs_true", plots.pixels(chart), dataformats="HWC")
         return {"residuals": self.residuals}
 
     def tables(self) -> list[Table]:

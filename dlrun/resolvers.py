@@ -100,12 +100,20 @@ def image_folder_shape(root: str, labels_csv: str | None, channels: str | int, r
     return folder_shape(root, labels_csv, channels, resize, skip_bad_files)
 
 
+def coco_classes(annotations: str) -> int:
+    """Number of categories in a COCO JSON (dataset=coco_folder)."""
+    from dlrun.data.coco import coco_categories
+
+    return len(coco_categories(annotations))
+
+
 OmegaConf.register_new_resolver("dlrun.data_root", data_root, replace=True)
 OmegaConf.register_new_resolver("dlrun.text_vocab_size", text_vocab_size, replace=True)
 OmegaConf.register_new_resolver("dlrun.csv_num_features", csv_num_features, replace=True)
 OmegaConf.register_new_resolver("dlrun.csv_num_outputs", csv_num_outputs, replace=True)
 OmegaConf.register_new_resolver("dlrun.image_folder_classes", image_folder_classes, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("dlrun.image_folder_shape", image_folder_shape, replace=True, use_cache=True)
+OmegaConf.register_new_resolver("dlrun.coco_classes", coco_classes, replace=True)
 OmegaConf.register_new_resolver("dlrun.image_shape", image_shape, replace=True)
 OmegaConf.register_new_resolver("dlrun.suffix", suffix, replace=True)
 OmegaConf.register_new_resolver("dlrun.sweep_dir", sweep_dir, replace=True)

@@ -107,7 +107,7 @@ class Config:
 
 # Keys a group option may carry besides its target's arguments: dlrun reads them itself.
 META_KEYS: dict[str, set[str]] = {
-    "model": {"input_size", "init"},
+    "model": {"input_size", "init", "for_task"},  # for_task: the one task a model is made for (detection)
     "dataset": {"task", "num_outputs", "input_shape", "resize", "val_fraction", "subset", "log_target"},
     "optimizer": set(),
     "scheduler": {"interval", "monitor"},
@@ -287,6 +287,39 @@ def _check_scheduler(scheduler: dict[str, Any]) -> None:
                           "validation metrics exist once per epoch; use scheduler.interval=epoch")
 
 
+# Tasks whose datasets need a model made for them (one whose YAML says `for_task: <task>`).
+DEDICATED_TASKS = ("detection",)
+
+
+def _check_model_fits_task(model: dict[str, Any], task: str) -> None:
+    """A model that names a task (e.g. TinySSD: detection) needs a dataset of that task, and such a
+    task needs such a model: a classifier cannot output boxes, nor TinySSD a class."""
+    made_for = model.get("for_task")
+    if made_for == task or (made_for is None and task not in DEDICATED_TASKS):
+        return
+    name = str(model.get("_target_", "?")).rpartition(".")[2]
+    if made_for is None:
+        raise ConfigError(f"dataset.task={task} needs a {task} model; model={name} is not one: "
+                          f"use one of {', '.join(_options_for_task('model', task))}")
+    raise ConfigError(f"model={name} is a {made_for} model but dataset.task is {task!r}: "
+                      f"use a {made_for} dataset ({', '.join(_options_for_task('dataset', made_for))})")
+
+
+def _options_for_task(group: str, task: str) -> list[str]:
+    """The options of a config group shipped with dlrun made for `task` (for error messages): models that
+    say `for_task: <task>`, datasets that say `task: <task>`."""
+    from importlib.resources import files
+
+    key = "for_task" if group == "model" else "task"
+    names = []
+    for entry in files("dlrun.conf").joinpath(group).iterdir():
+        if entry.name.endswith(".yaml"):
+            with entry.open() as handle:
+                if OmegaConf.load(handle).get(key) == task:
+                    names.append(entry.name.removesuffix(".yaml"))
+    return sorted(names)
+
+
 def _check_ranges(c: dict[str, Any]) -> None:
     from dlrun.data.augment import AUGMENTS  # dlrun.data builds on this module
 
@@ -331,6 +364,7 @@ def _check_ranges(c: dict[str, Any]) -> None:
     dataset = c["dataset"]
     if dataset.get("task") not in TASKS:
         raise ConfigError(f"dataset.task={dataset.get('task')!r} is not one of: {', '.join(TASKS)}")
+    _check_model_fits_task(c["model"], dataset["task"])
     fraction = dataset.get("val_fraction", 0)
     require(0 <= fraction < 1, "dataset.val_fraction", fraction, "must be in [0, 1)")
     for key, value in (("dataset.subset", dataset.get("subset")), ("debug.subset", c["debug"]["subset"])):

@@ -2,19 +2,26 @@
 
 Per batch a task returns a small tensor of sums that stays on the device; the loop adds
 them up and reads them once per epoch, so no step waits for the host. Tasks that need more
-than a forward pass per batch (a language model's hidden state, its text samples) do it
-through the hooks `start_pass`, `carried_state` and `epoch_texts`, so the loop stays the same for
-every task. `report` names what dlrun-eval writes for the task and what a dlrun-predict row holds.
+than a forward pass per batch (a language model's hidden state, its text samples, a detector's
+targets, mAP and pictures) do it through the hooks `start_pass`, `forward`, `carried_state`,
+`epoch_texts` and `epoch_images`, so the loop stays the same for every task; `speed_metrics` adds
+a task's own unit of speed (tokens/s) and `after_test` its own final evaluation (multi-step
+forecasts and their figure).
+`report` names what dlrun-eval writes for the task and what a dlrun-predict row holds.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
+
+from dlrun.errors import ConfigError
+from dlrun.forecast import Series, evaluate_forecasts
 
 if TYPE_CHECKING:
     from dlrun.data import Data
@@ -37,11 +44,16 @@ class Task:
     def start_pass(self, training: bool) -> None:
         """Called before every training epoch and every evaluation."""
 
-    def forward(self, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, model: torch.nn.Module, inputs: torch.Tensor, targets: Optional[torch.Tensor] = None) -> Any:
+        """The model's outputs for a batch; `targets` are there for models that compute their own loss."""
         return model(inputs)
 
     def epoch_texts(self, model: torch.nn.Module) -> dict[str, str]:
         """Text to log at the end of a training epoch (TensorBoard's TEXT tab), by tag."""
+        return {}
+
+    def epoch_images(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Pictures (uint8, 3 x H x W) to log at the end of a training epoch (TensorBoard's IMAGES tab), by tag."""
         return {}
 
     def carried_state(self) -> Any:
@@ -57,6 +69,15 @@ class Task:
         from dlrun.reports import Report
 
         return Report(card, options)
+
+    def speed_metrics(self, examples_per_sec: float) -> dict[str, float]:
+        """Training speed in the task's own units, logged every epoch next to examples_per_sec."""
+        return {}
+
+    def after_test(self, model: torch.nn.Module, run_dir: Path) -> dict[str, float]:
+        """Extra evaluation after the test pass, on the same (best) weights: metrics named
+        `<group>/<name>`, reported with the test metrics; it may write files (figures) into `run_dir`."""
+        return {}
 
 
 class Classification(Task):
@@ -98,17 +119,22 @@ class Regression(Task):
     With `log_target` (dataset.log_target=true, for positive targets such as prices) it also
     reports d2l's log-RMSE, sqrt(mean((log max(prediction, 1) - log target)²)), and picks the
     best checkpoint by it: errors count relative to the target's size.
+
+    When the examples are windows of one series (the dataset's extras say so, e.g. `sine`),
+    `after_test` also forecasts k steps ahead from the model's own predictions (d2l 8.1) and
+    reports `forecast/mse_<k>` with a figure, `forecasts.png` (see dlrun.forecast).
     """
 
     mode = "min"
 
-    def __init__(self, log_target: bool = False) -> None:
+    def __init__(self, log_target: bool = False, series: Optional[Series] = None) -> None:
         self.log_target = log_target
         self.metric = "log_rmse" if log_target else "rmse"
+        self.series = series
 
     @classmethod
     def from_config(cls, cfg: DictConfig, data: "Data") -> "Regression":
-        return cls(log_target=bool(cfg.dataset.get("log_target", False)))
+        return cls(log_target=bool(cfg.dataset.get("log_target", False)), series=Series.from_extras(data.extras))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(outputs, targets.reshape(outputs.shape))
@@ -136,6 +162,11 @@ class Regression(Task):
 
         return RegressionReport(card, options)
 
+    def after_test(self, model: torch.nn.Module, run_dir: Path) -> dict[str, float]:
+        if self.series is None:
+            return {}
+        return evaluate_forecasts(model, self.series, run_dir)
+
 
 class LanguageModel(Task):
     """Next-token cross-entropy over every position; perplexity (exp of the mean loss), lower is better.
@@ -144,25 +175,29 @@ class LanguageModel(Task):
     With sequential sampling the state is carried from batch to batch, detached so gradients
     stop at the batch boundary (truncated backpropagation through time); with random sampling
     every batch starts from a fresh state. Every pass starts fresh. Gradients are clipped to
-    norm 1 unless regularization.grad_clip says otherwise (d2l 8.5).
+    norm 1 unless regularization.grad_clip says otherwise (d2l 8.5). Speed is also reported in
+    d2l's unit, tokens/s: every example is a window of `tokens_per_example` predicted tokens.
     """
 
     metric, mode = "ppl", "min"
     default_grad_clip = 1.0
 
     def __init__(self, tokens: list[str], separator: str, sample_prefix: list[int], carry_state: bool,
-                 sample_length: int = 50) -> None:
+                 sample_length: int = 50, tokens_per_example: int = 1) -> None:
         self.tokens = tokens
         self.separator = separator
         self.sample_prefix = sample_prefix or [1 if len(tokens) > 1 else 0]  # else: the most frequent token
         self.carry_state = carry_state
         self.sample_length = sample_length
+        self.tokens_per_example = tokens_per_example
         self.state: Any = None
 
     @classmethod
     def from_config(cls, cfg: DictConfig, data: "Data") -> "LanguageModel":
         extras = data.extras
-        return cls(extras["tokens"], extras["separator"], extras["sample_prefix"], carry_state=data.sequential)
+        # input_shape is [num_steps]: the window length, every position of which is predicted
+        return cls(extras["tokens"], extras["separator"], extras["sample_prefix"], carry_state=data.sequential,
+                   tokens_per_example=int(cfg.dataset.input_shape[0]))
 
     def start_pass(self, training: bool) -> None:
         self.state = None
@@ -173,7 +208,8 @@ class LanguageModel(Task):
     def restore_carried_state(self, state: Any) -> None:
         self.state = state
 
-    def forward(self, model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, model: torch.nn.Module, inputs: torch.Tensor,
+                targets: Optional[torch.Tensor] = None) -> torch.Tensor:
         outputs, state = model(inputs, state=self.state, return_state=True)
         self.state = _detached(state) if self.carry_state else None
         return outputs
@@ -200,6 +236,9 @@ class LanguageModel(Task):
 
         return LanguageModelReport(card, options)
 
+    def speed_metrics(self, examples_per_sec: float) -> dict[str, float]:
+        return {"tokens_per_sec": examples_per_sec * self.tokens_per_example}
+
     @torch.no_grad()
     def generate(self, model: torch.nn.Module) -> str:
         """The prefix and `sample_length` tokens continued greedily (d2l's predict_ch8)."""
@@ -215,6 +254,108 @@ class LanguageModel(Task):
         return self.separator.join(self.tokens[i] for i in ids)
 
 
+class Detection(Task):
+    """Object detection (dlrun.detection). The best checkpoint has the highest val/map50.
+
+    Targets are (B, M, 5) rows [class, x1, y1, x2, y2]: corners in fractions of the image, class
+    -1 for padding. With an anchor model (tiny_ssd) the task matches anchors to objects by IoU;
+    the loss is cross-entropy over the anchors' classes plus smooth-L1 over the matched anchors'
+    box offsets, and d2l's `class_error` and `bbox_mae` (over anchors) come with it. A complete
+    detector (torchvision's) returns its own loss terms when training and no loss when
+    evaluating. Evaluation passes decode the detections (NMS) and report mAP@0.5 (`map50`) and
+    mAP@[.5:.95] (`map`); `per_class_ap()` then gives each class's AP. After every training
+    epoch a few validation images are drawn with their true and predicted boxes.
+
+    dlrun.detection is imported inside the methods: torchvision and torchmetrics take seconds
+    to import, and `dlrun --help` reaches this module.
+    """
+
+    metric, mode = "map50", "max"
+    sample_images = 4  # validation images drawn every epoch
+
+    def __init__(self, classes: list[str], samples: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> None:
+        self.classes = classes
+        self.samples = samples  # (images, targets) drawn with the model's boxes after every epoch
+        self.evaluation: Any = None  # an evaluation pass's DetectionMetric; None while training
+        self.anchor_model: Optional[torch.nn.Module] = None  # the batch's model when it is an anchor model
+        self.matched: tuple[torch.Tensor, ...] = ()  # the batch's anchor labels, offsets and mask
+        self.image_size = (1, 1)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, data: "Data") -> "Detection":
+        if len(data.val) == 0:
+            raise ConfigError("task=detection picks the best epoch by val/map50 and needs a validation split: "
+                              "set dataset.val_fraction > 0")
+        images, targets = next(iter(data.val))  # evaluation batches: nothing random is drawn
+        return cls(list(data.extras["classes"]), (images[:cls.sample_images], targets[:cls.sample_images]))
+
+    def start_pass(self, training: bool) -> None:
+        from dlrun.detection.metrics import DetectionMetric
+
+        self.evaluation = None if training else DetectionMetric(self.classes)
+
+    def forward(self, model: torch.nn.Module, inputs: torch.Tensor, targets: Optional[torch.Tensor] = None) -> Any:
+        from dlrun.detection import computes_own_loss
+
+        self.image_size = tuple(inputs.shape[-2:])
+        if computes_own_loss(model):
+            self.anchor_model = None
+            return model(inputs, targets) if model.training else model(inputs)
+        self.anchor_model = model
+        return model(inputs)
+
+    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        from dlrun.detection.boxes import multibox_loss, multibox_target
+
+        if self.anchor_model is None:  # a complete detector: its loss terms, or (evaluating) its detections
+            return outputs.sum() if isinstance(outputs, torch.Tensor) else targets.new_zeros((), dtype=torch.float32)
+        self.matched = multibox_target(self.anchor_model.anchors, targets.float(), self.anchor_model.match_iou)
+        return multibox_loss(outputs, *self.matched)
+
+    def batch_stats(self, outputs: Any, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """[loss x images, images with a loss, correct anchors, anchors, |offset error|, offset values].
+
+        On evaluation passes the batch's detections also go into the mAP computation.
+        """
+        from dlrun.detection import decode
+        from dlrun.detection.boxes import anchor_errors
+
+        count = targets.new_full((), len(targets), dtype=torch.float32)  # a fill, not a host-to-device copy
+        if self.anchor_model is not None:
+            scored, errors = count, anchor_errors(outputs, *self.matched)
+            detections = decode(self.anchor_model, outputs) if self.evaluation is not None else None
+        else:
+            scored = count if isinstance(outputs, torch.Tensor) else count * 0
+            errors, detections = count.new_zeros(4), outputs
+        if self.evaluation is not None:
+            self.evaluation.update(detections, targets, self.image_size)
+        return torch.cat([torch.stack([loss.float() * scored, scored]), errors])
+
+    def metrics(self, stats: list[float]) -> dict[str, float]:
+        loss_sum, scored, correct, anchors, absolute, values = stats
+        result = {"loss": loss_sum / scored} if scored else {}
+        if anchors:
+            result.update(class_error=1 - correct / anchors, bbox_mae=absolute / values)
+        if self.evaluation is not None:
+            result.update(self.evaluation.compute())
+        return result
+
+    def per_class_ap(self) -> dict[str, dict[str, float]]:
+        """Each class's AP ({"ap50", "ap"}) on the last evaluation pass."""
+        if self.evaluation is None:
+            raise RuntimeError("per_class_ap() reads an evaluation pass; run one first (train.evaluate)")
+        return self.evaluation.per_class()
+
+    def epoch_images(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        from dlrun.detection import detect
+        from dlrun.detection.draw import boxes_grid
+
+        if self.samples is None:
+            return {}
+        images, targets = self.samples
+        return {"val/boxes": boxes_grid(images, detect(model, images), self.classes, targets)}
+
+
 def _detached(state: Any) -> Any:
     """The state with every tensor cut from the graph (an LSTM's is a tuple (h, c))."""
     if isinstance(state, torch.Tensor):
@@ -225,7 +366,7 @@ def _detached(state: Any) -> Any:
 
 
 TASKS: dict[str, type[Task]] = {"classification": Classification, "regression": Regression,
-                                "language_model": LanguageModel}
+                                "language_model": LanguageModel, "detection": Detection}
 
 
 def build_task(cfg: DictConfig, data: "Data") -> Task:

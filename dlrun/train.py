@@ -178,9 +178,10 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
             saver.start_validation(position)
             val_metrics = (evaluate(net, data.val, task, precision, on_batch=saver.during_validation)
                            if validating else {})
+            examples_per_sec = data.train.num_examples / training_seconds
             history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
                        "lr": optimizer.param_groups[0]["lr"],
-                       "examples_per_sec": data.train.num_examples / training_seconds,
+                       "examples_per_sec": examples_per_sec, **task.speed_metrics(examples_per_sec),
                        "epoch_time_s": position.seconds_so_far()}
             if scheduler is not None and scheduler.interval == "epoch":
                 scheduler.step(history)
@@ -190,6 +191,8 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
             log.info(logs.epoch_line(epoch, epochs, history))
             for tag, text in task.epoch_texts(model).items():
                 metrics_log.write_text(tag, text, epoch)
+            for tag, image in task.epoch_images(model).items():
+                metrics_log.write_image(tag, image, epoch)
 
             improved = _is_better(history[monitor], progress.best_value, task.mode)
             if improved:
@@ -207,6 +210,7 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
         if best_path.exists():  # test once, on the best epoch's weights
             model.load_state_dict(checkpoint.load_checkpoint(best_path, map_location=device)["model"])
         test_metrics = _prefixed("test", evaluate(net, data.test, task, precision, on_batch=saver.during_test))
+        test_metrics.update(task.after_test(net, run_dir))  # e.g. multi-step forecasts and their figure
         duration = progress.elapsed_s + time.perf_counter() - started
         # The run's results, logged as scalars so the HPARAMS tab can show them next to the hparams.
         results = {**test_metrics, monitor.replace("/", "/best_"): _or_nan(progress.best_value),
@@ -265,7 +269,7 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
     batches = loader.batches(position.order, start=position.step)
     for inputs, targets in logs.with_progress(batches, len(loader) - position.step, f"epoch {epoch}/{epochs}"):
         with precision.autocast():
-            outputs = task.forward(model, inputs)
+            outputs = task.forward(model, inputs, targets)
             loss = task.loss(outputs, targets)
         objective = loss if penalty is None else loss + penalty()
         optimizer.zero_grad(set_to_none=True)
@@ -295,7 +299,7 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
         if on_batch is not None:
             on_batch()
         with precision.autocast():
-            outputs = task.forward(model, inputs)
+            outputs = task.forward(model, inputs, targets)
             loss = task.loss(outputs, targets)
         if observe is not None:
             observe(inputs, outputs, targets)

@@ -64,5 +64,14 @@ def only_run_dir(root: Path) -> Path:
     return found[0]
 
 
+# Metrics that measure time, not training: they differ between any two runs, exact or not.
+TIMINGS = ("examples_per_sec", "tokens_per_sec", "epoch_time_s", "run/duration_s")
+
+
+def untimed(metrics: dict) -> dict:
+    """`metrics` without the TIMINGS, for comparing runs that must agree exactly."""
+    return {key: value for key, value in metrics.items() if key not in TIMINGS}
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())

@@ -35,6 +35,7 @@ def test_wheel_ships_configs_and_runs_elsewhere(tmp_path):
     assert build.returncode == 0, build.stderr
     assert (target / "dlrun" / "conf" / "config.yaml").is_file()
     assert (target / "dlrun" / "conf" / "model" / "lenet.yaml").is_file()
+    assert (target / "dlrun" / "detection" / "boxes.py").is_file()  # every subpackage is listed in pyproject
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

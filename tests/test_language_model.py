@@ -10,9 +10,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import read_json
 from dataset_files import REPETITIVE_TEXT, write_text
+from dlrun.data import build_data
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
 from dlrun.data.text import load_text, read_corpus
+from dlrun.errors import DataError
+from dlrun.schema import validate
 from dlrun.tasks import LanguageModel
 from dlrun.train import run
 from tiny_rnn import TinyRNN
@@ -95,3 +98,30 @@ def test_time_machine_reads_a_placed_copy(cfg_for, tmp_path, monkeypatch):
     assert read_json(tmp_path / "run" / "status.json")["status"] == "completed"
     assert summary["model"]["params"] > 0
     assert read_corpus(str(path), clean=True).tokens[1:] and "," not in read_corpus(str(path), clean=True).tokens
+
+
+def test_held_out_tokens_train_on_the_first_tokens_and_hold_out_what_follows(tmp_path):
+    """d2l trains on exactly the first max_tokens tokens; validation and test come right after them."""
+    path = tmp_path / "t.txt"
+    write_text(path, "".join(chr(ord("a") + i % 26) for i in range(400)))
+    ids = read_corpus(str(path)).ids
+    splits = load_text(str(path), num_steps=5, max_tokens=100, held_out_tokens=40)
+    assert torch.equal(splits.train.inputs.flatten(), ids[:95]) and torch.equal(splits.train.targets.flatten(), ids[1:96])
+    assert torch.equal(splits.val.inputs.flatten(), ids[100:135])  # 7 windows of 5 (the 40th token is a target)
+    assert torch.equal(splits.test.inputs.flatten(), ids[140:175])
+    everything = load_text(str(path), num_steps=5, held_out_tokens=40)  # no max_tokens: the last 80 are held out
+    assert torch.equal(everything.test.targets.flatten(), ids[361:396]) and len(everything.train) == (320 - 1) // 5
+    with pytest.raises(DataError, match="too few for max_tokens=350 training tokens and 2 x held_out_tokens=40"):
+        load_text(str(path), num_steps=5, max_tokens=350, held_out_tokens=40)
+    with pytest.raises(ValueError, match="held_out_tokens=5 must exceed num_steps=5"):
+        load_text(str(path), num_steps=5, held_out_tokens=5)
+
+
+def test_held_out_validation_is_used_as_given(cfg_for, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(TESTS_DIR)
+    path = tmp_path / "text.txt"
+    write_text(path, REPETITIVE_TEXT)
+    cfg = cfg_for("dataset=text", f"dataset.path={path}", "dataset.max_tokens=1000", "dataset.held_out_tokens=300",
+                  "dataset.num_steps=10", "dataset.sampling=sequential")
+    data = build_data(validate(cfg), torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert [len(loader.split) for loader in (data.train, data.val, data.test)] == [99, 29, 29]

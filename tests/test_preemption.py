@@ -18,7 +18,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import DLRUN, only_run_dir, read_json, run_cli
+from conftest import DLRUN, TIMINGS, only_run_dir, read_json, run_cli
 from dlrun.rundir import effective_status
 
 TESTS_DIR = str(Path(__file__).parent)
@@ -28,7 +28,6 @@ BASE = ("model=mlp", "model._target_=pausing.PausingMLP", "model.hidden=[32]", "
         "optimizer=momentum", "optimizer.lr=0.05", "trainer.batch_size=16", "dataset.subset=96", "trainer.epochs=3",
         "device.num_threads=1")
 ENV = {"PYTHONPATH": TESTS_DIR}
-TIMINGS = ("examples_per_sec", "epoch_time_s", "run/duration_s")
 TIMEOUT = 300
 
 

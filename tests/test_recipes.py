@@ -10,6 +10,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import compose_config, run_cli
+from dataset_files import place_time_machine
+from dlrun.data.storage import DATA_ROOT_VARIABLE
 from dlrun.schema import validate
 from dlrun.train import run
 
@@ -29,7 +31,9 @@ def sweep_choices(recipe: str) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_composes_and_validates(recipe):
+def test_recipe_composes_and_validates(recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv(DATA_ROOT_VARIABLE, str(tmp_path))  # the text recipes read their vocabulary from the file
+    place_time_machine(tmp_path)
     for job in sweep_choices(recipe):
         cfg = compose_config(f"+experiment={recipe}", *job)  # a missing option fails here
         validate(cfg)

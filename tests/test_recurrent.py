@@ -44,9 +44,17 @@ def test_language_model_gives_per_step_logits_and_carries_state(cls):
     torch.testing.assert_close(torch.cat([first, second], dim=1), logits)
 
 
-def test_bidirectional_language_model_is_refused():
-    with pytest.raises(ValueError, match="bidirectional=true cannot model language"):
-        LSTM([6], num_outputs=11, task="language_model", bidirectional=True)
+def test_bidirectional_language_model_is_built_with_a_warning(caplog):
+    """d2l 9.4 trains one to show why it fails; the user is told, not refused."""
+    model = LSTM([6], num_outputs=11, task="language_model", hidden_size=8, num_layers=2, bidirectional=True)
+    assert "deceptively low" in caplog.text and "nonsense" in caplog.text
+    logits, (hidden, _) = model(torch.randint(0, 11, (3, 6)), return_state=True)
+    assert logits.shape == (3, 6, 11) and hidden.shape == (2 * 2, 3, 8)
+    # the output at step t depends on the token at t+1: the backward direction has read it
+    tokens = torch.randint(0, 11, (1, 6))
+    changed = tokens.clone()
+    changed[0, 3] = (tokens[0, 3] + 1) % 11
+    assert not torch.allclose(model(tokens)[0, 2], model(changed)[0, 2])
 
 
 def test_gru_language_model_learns_a_repeating_text():

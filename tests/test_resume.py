@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import read_json
+from conftest import read_json, untimed
 from dlrun.errors import CheckpointError
 from dlrun.train import run
 
@@ -21,10 +21,6 @@ def weights(run_dir):
 
 def metric_lines(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_timings(line):
-    return {key: value for key, value in line.items() if key not in ("examples_per_sec", "epoch_time_s", "run/duration_s")}
 
 
 def test_two_plus_two_epochs_equal_four_bitwise_in_one_run_directory(cfg_for, tmp_path):
@@ -44,7 +40,7 @@ def test_two_plus_two_epochs_equal_four_bitwise_in_one_run_directory(cfg_for, tm
     # One history: epochs 1-4 once each (the first run's test line dropped), then the test line.
     lines = metric_lines(tmp_path / "first")
     assert [line["epoch"] for line in lines] == [1, 2, 3, 4, 4] and "test/acc" in lines[-1]
-    assert [without_timings(line) for line in lines] == [without_timings(line)
+    assert [untimed(line) for line in lines] == [untimed(line)
                                                          for line in metric_lines(tmp_path / "straight")]
     status = read_json(tmp_path / "first" / "status.json")
     assert status["status"] == "completed"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_config, read_json
+from conftest import compose_config, read_json, untimed
 from dataset_files import REPETITIVE_TEXT, write_image_folder, write_text
 import dlrun.train
 from dlrun import checkpoint
@@ -49,10 +49,6 @@ def send_at_call(monkeypatch, owner, name: str, call: int, signum=signal.SIGTERM
         return original(*args, **kwargs)
 
     monkeypatch.setattr(owner, name, wrapper)
-
-
-def untimed(metrics: dict) -> dict:
-    return {key: value for key, value in metrics.items() if key not in ("examples_per_sec", "epoch_time_s")}
 
 
 def test_signals_only_set_a_flag_and_the_previous_handlers_come_back():

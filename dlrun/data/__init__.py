@@ -65,12 +65,19 @@ def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.G
     # Every batch becomes floats at the model's size; train-only augmentation goes after that.
     prepare = compose(_to_float(parts["train"]), _resize_transform(list(dataset.input_shape), parts["train"]))
     regularization = cfg.regularization
-    # Streamed files get their random resized crop in the workers, from the full-size image.
-    streamed = isinstance(parts["train"], FileSplit)
-    if streamed and AUGMENTS[regularization.augment].resized_crop:
-        parts["train"] = parts["train"].with_crop(regularization.crop_scale)
-    augment = build_augment(regularization.augment, list(dataset.input_shape), regularization.crop_scale,
-                            crop_in_workers=streamed)
+    augment, box_augment = None, None
+    if dataset.task == "detection":  # boxes move with the pixels: inputs and targets change together
+        from dlrun.data.box_augment import build_box_augment  # torchvision takes seconds to import
+
+        box_augment = build_box_augment(regularization.augment, list(dataset.input_shape),
+                                        regularization.crop_scale)
+    else:
+        # Streamed files get their random resized crop in the workers, from the full-size image.
+        streamed = isinstance(parts["train"], FileSplit)
+        if streamed and AUGMENTS[regularization.augment].resized_crop:
+            parts["train"] = parts["train"].with_crop(regularization.crop_scale)
+        augment = build_augment(regularization.augment, list(dataset.input_shape), regularization.crop_scale,
+                                crop_in_workers=streamed)
     # The memory format comes last: augmentations build new (contiguous NCHW) tensors.
     to_channels_last = channels_last_transform(cfg.device.channels_last)
     eval_transform = compose(prepare, to_channels_last)
@@ -81,11 +88,14 @@ def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.G
         shuffle = training and not splits.sequential
         generator = shuffle_generator if shuffle else None
         transform = train_transform if training else eval_transform
+        pair_transform = box_augment if training else None
         if isinstance(part, FileSplit):
             return FileLoader(part, batch_size, device=device, training=training, shuffle=shuffle,
-                              generator=generator, limit_batches=limit, transform=transform)
+                              generator=generator, limit_batches=limit, transform=transform,
+                              pair_transform=pair_transform)
         return TensorLoader(part.to(device), batch_size, shuffle=shuffle, streams=splits.sequential,
-                            generator=generator, limit_batches=limit, transform=transform)
+                            generator=generator, limit_batches=limit, transform=transform,
+                            pair_transform=pair_transform)
 
     return Data(
         train=loader(parts["train"], training=True),

@@ -14,30 +14,33 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from dlrun.data.images import BadImage, bad_image_error, decode
-from dlrun.data.loader import BatchTransform
+from dlrun.data.loader import BatchTransform, PairTransform
 from dlrun.errors import DataError
 
 log = logging.getLogger("dlrun")
-# Why a decoded item is a tuple: (pixels or the reason it failed, label).
-Item = tuple[Union[torch.Tensor, BadImage], int]
+# Why a decoded item is a tuple: (pixels or the reason it failed, target).
+Item = tuple[Union[torch.Tensor, BadImage], Any]
 
 
 @dataclass(frozen=True)
 class FileSplit:
-    """Image files with class indices, decoded to `shape` (C, H, W) every time they are read.
+    """Image files with their targets, decoded to `shape` (C, H, W) every time they are read.
+
+    A target is a class index, or a tensor that batches by stacking (a detection image's
+    padded objects, dlrun.detection.targets).
 
     `crop_scale` (set by `regularization.augment=imagenet`) makes training reads a random
     resized crop of that area range, cut in the worker from the full-resolution file.
     """
 
-    samples: tuple[tuple[str, int], ...]
+    samples: tuple[tuple[str, Any], ...]
     shape: tuple[int, int, int]
     num_workers: int = 0
     skip_bad_files: bool = False
@@ -61,7 +64,7 @@ class FileSplit:
 class ImageFiles(Dataset):
     """Item `i` (or `(i, seed)`, the seed of its random crop) is (uint8 pixels or BadImage, label)."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], shape: Sequence[int],
+    def __init__(self, samples: Sequence[tuple[str, Any]], shape: Sequence[int],
                  crop_scale: Optional[tuple[float, float]] = None) -> None:
         self.samples = samples
         self.channels, self.size = shape[0], (shape[1], shape[2])
@@ -77,12 +80,12 @@ class ImageFiles(Dataset):
 
 
 def collate_images(items: list[Item]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, BadImage]]]:
-    """(uint8 images, labels, [(row, BadImage)]): an unreadable file leaves a zero row and is listed.
+    """(uint8 images, targets, [(row, BadImage)]): an unreadable file leaves a zero row and is listed.
 
     Runs in the worker: one uint8 batch crosses to the main process (a quarter of float32's bytes).
     """
     bad = [(row, pixels) for row, (pixels, _) in enumerate(items) if isinstance(pixels, BadImage)]
-    labels = torch.tensor([label for _, label in items], dtype=torch.long)
+    labels = torch.stack([torch.as_tensor(label) for _, label in items])  # class indices or padded boxes
     if len(bad) == len(items):
         return torch.zeros((len(items), 0), dtype=torch.uint8), labels, bad
     blank = torch.zeros_like(next(pixels for pixels, _ in items if isinstance(pixels, torch.Tensor)))
@@ -129,7 +132,8 @@ class FileLoader:
 
     def __init__(self, split: FileSplit, batch_size: int, *, device: torch.device, training: bool,
                  shuffle: bool = False, generator: Optional[torch.Generator] = None,
-                 limit_batches: Optional[int] = None, transform: Optional[BatchTransform] = None) -> None:
+                 limit_batches: Optional[int] = None, transform: Optional[BatchTransform] = None,
+                 pair_transform: Optional[PairTransform] = None) -> None:
         if shuffle and generator is None:
             raise ValueError("a shuffling FileLoader needs a generator")
         self.split = split
@@ -138,6 +142,7 @@ class FileLoader:
         self.training = training
         self.limit_batches = limit_batches
         self.transform = transform
+        self.pair_transform = pair_transform  # after `transform`: inputs and targets together (boxes)
         self.skipped: set[str] = set()
         dataset = split.dataset(training)
         self.shuffle = shuffle
@@ -170,7 +175,11 @@ class FileLoader:
                 inputs, targets = self._without(bad, inputs, targets)
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
-            yield (self.transform(inputs) if self.transform is not None else inputs), targets
+            if self.transform is not None:
+                inputs = self.transform(inputs)
+            if self.pair_transform is not None:
+                inputs, targets = self.pair_transform(inputs, targets)
+            yield inputs, targets
 
     def _without(self, bad: list[tuple[int, BadImage]], inputs: torch.Tensor,
                  targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,9 @@ import torch
 from dlrun.data.splits import TensorSplit
 
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
+# A transform of inputs and targets together, for augmentations that move the targets with the
+# pixels (detection boxes: dlrun.data.box_augment). It runs after the BatchTransform.
+PairTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def compose(*transforms: Optional[BatchTransform]) -> Optional[BatchTransform]:
@@ -41,8 +44,9 @@ class TensorLoader:
     d2l's sequential sampling: the examples are cut into `batch_size` contiguous streams and
     row j of batch k+1 is the example right after row j of batch k, so a recurrent model can
     carry its state from batch to batch. Every streamed batch is full (the remainder is dropped).
-    `limit_batches` caps batches per pass. `epoch_order` and `batches(order, start)` split a
-    pass in two, so that training can stop inside an epoch and continue it exactly.
+    `limit_batches` caps batches per pass. `transform` changes the inputs of each batch, then
+    `pair_transform` the inputs and targets together. `epoch_order` and `batches(order, start)`
+    split a pass in two, so that training can stop inside an epoch and continue it exactly.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class TensorLoader:
         generator: Optional[torch.Generator] = None,
         limit_batches: Optional[int] = None,
         transform: Optional[BatchTransform] = None,
+        pair_transform: Optional[PairTransform] = None,
     ) -> None:
         if shuffle and generator is None:
             raise ValueError("a shuffling TensorLoader needs a generator")
@@ -67,6 +72,7 @@ class TensorLoader:
         self.generator = generator
         self.limit_batches = limit_batches
         self.transform = transform
+        self.pair_transform = pair_transform
 
     def __len__(self) -> int:
         if self.streams:
@@ -104,6 +110,8 @@ class TensorLoader:
             inputs, targets = self.split.inputs[index], self.split.targets[index]
             if self.transform is not None:
                 inputs = self.transform(inputs)
+            if self.pair_transform is not None:
+                inputs, targets = self.pair_transform(inputs, targets)
             yield inputs, targets
 
     @property

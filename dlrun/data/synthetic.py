@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from dlrun.data.splits import DataSplits, TensorSplit
+from dlrun.forecast import DEFAULT_HORIZONS
 
 
 def synthetic_linear(
@@ -35,19 +38,27 @@ def synthetic_linear(
                       extras={"weights": true_w.tolist(), "bias": float(bias)})
 
 
-def sine(length: int = 1000, tau: int = 4, noise: float = 0.2, num_train: int = 600, seed: int = 0) -> DataSplits:
+def sine(length: int = 1000, tau: int = 4, noise: float = 0.2, num_train: int = 600, seed: int = 0,
+         forecast_steps: Sequence[int] = DEFAULT_HORIZONS) -> DataSplits:
     """x_t = sin(0.01 t) + N(0, noise²) for t = 1..length (d2l 8.1), embedded as (x_{t-tau} .. x_{t-1}) → x_t.
 
     The first `num_train` windows train (val is drawn from them), the later ones test: the
-    test asks for the continuation of the series, as in d2l.
+    test asks for the continuation of the series, as in d2l. `extras` holds the whole series,
+    so the run also reports `forecast_steps`-step-ahead forecast errors and draws them
+    (dlrun.forecast).
     """
     if not 1 <= tau < length or not 1 <= num_train < length - tau:
         raise ValueError(f"need 1 <= tau < length and 1 <= num_train < length - tau (got tau={tau}, "
                          f"num_train={num_train}, length={length})")
+    if not forecast_steps or min(forecast_steps) < 1 or num_train + tau + max(forecast_steps) > length:
+        raise ValueError(f"forecast_steps={list(forecast_steps)} must be >= 1, and num_train + tau + the longest "
+                         f"({num_train} + {tau} + {max(forecast_steps, default=0)}) at most length={length}")
     generator = torch.Generator().manual_seed(seed)
     time = torch.arange(1, length + 1, dtype=torch.float32)
     series = torch.sin(0.01 * time) + noise * torch.randn(length, generator=generator)
     windows = series.unfold(0, tau, 1)[:-1]  # row i: x_i .. x_{i+tau-1}
     labels = series[tau:]
     return DataSplits(train=TensorSplit(windows[:num_train].clone(), labels[:num_train].clone()),
-                      test=TensorSplit(windows[num_train:].clone(), labels[num_train:].clone()))
+                      test=TensorSplit(windows[num_train:].clone(), labels[num_train:].clone()),
+                      extras={"series": series, "tau": tau, "test_start": num_train + tau,
+                              "forecast_steps": list(forecast_steps)})

@@ -44,11 +44,17 @@ class Corpus:
 
 def load_text(path: str, level: str = "char", clean: bool = False, min_freq: int = 0, num_steps: int = 35,
               sampling: str = "random", test_fraction: float = 0.1, sample_prefix: str = "",
-              max_tokens: Optional[int] = None, url: Optional[str] = None, download: bool = False) -> DataSplits:
-    """Windows of `num_steps` ids from the text at `path`; the last `test_fraction` of the text is the test split.
+              max_tokens: Optional[int] = None, held_out_tokens: Optional[int] = None, url: Optional[str] = None,
+              download: bool = False) -> DataSplits:
+    """Windows of `num_steps` ids from the text at `path`, split into train and test (and val) by position.
 
-    `clean` applies d2l's preprocessing (letters only, lower case); `max_tokens` keeps the first
-    tokens only (d2l trains on The Time Machine's first 10,000). When `path` is missing,
+    By default the first `max_tokens` tokens (all when null) are used and the last `test_fraction`
+    of them is the test split (validation is then cut off the training part by dlrun).
+    With `held_out_tokens` = N, all of the first `max_tokens` tokens train, as d2l trains on
+    exactly The Time Machine's first 10,000 characters, and the N tokens right after them
+    validate and the N after those test (`test_fraction` is unused); with `max_tokens` null
+    the last 2N tokens of the text are held out.
+    `clean` applies d2l's preprocessing (letters only, lower case). When `path` is missing,
     `url` is set and `download` is true, the file is fetched there first.
     `extras` carries what a language model's text samples need: the vocabulary, the separator
     between tokens, and `sample_prefix` encoded.
@@ -57,16 +63,22 @@ def load_text(path: str, level: str = "char", clean: bool = False, min_freq: int
         raise ValueError(f"sampling {sampling!r} is not one of: {', '.join(SAMPLINGS)}")
     if num_steps < 1 or not 0 < test_fraction < 1:
         raise ValueError("num_steps must be >= 1 and test_fraction in (0, 1)")
+    if held_out_tokens is not None and held_out_tokens <= num_steps:
+        raise ValueError(f"held_out_tokens={held_out_tokens} must exceed num_steps={num_steps} (one window at least)")
     corpus = read_corpus(path, level, clean, min_freq, url, download)
+    extras = {"tokens": list(corpus.tokens), "separator": corpus.separator,
+              "sample_prefix": corpus.encode(sample_prefix)}
+    sequential = sampling == "sequential"
+    if held_out_tokens is not None:
+        train, val, test = _held_out_after(corpus.ids, max_tokens, held_out_tokens, num_steps, path)
+        return DataSplits(train=train, val=val, test=test, extras=extras, sequential=sequential)
     ids = corpus.ids[:max_tokens]
     cut = int(len(ids) * (1 - test_fraction))
     train, test = _windows(ids[:cut], num_steps), _windows(ids[cut:], num_steps)
     if len(train) == 0 or len(test) == 0:
         raise DataError(f"{path}: {len(ids)} tokens are too few for windows of num_steps={num_steps} "
                         f"in both the training and the test part (test_fraction={test_fraction})")
-    extras = {"tokens": list(corpus.tokens), "separator": corpus.separator,
-              "sample_prefix": corpus.encode(sample_prefix)}
-    return DataSplits(train=train, test=test, extras=extras, sequential=sampling == "sequential")
+    return DataSplits(train=train, test=test, extras=extras, sequential=sequential)
 
 
 def read_corpus(path: str, level: str = "char", clean: bool = False, min_freq: int = 0,
@@ -111,6 +123,18 @@ def _read(path: str, _mtime: int, _size: int, level: str, clean: bool, min_freq:
     index = {token: i for i, token in enumerate(vocabulary)}
     ids = torch.tensor([index.get(token, 0) for token in tokens], dtype=torch.long)
     return Corpus(ids=ids, tokens=vocabulary, level=level)
+
+
+def _held_out_after(ids: torch.Tensor, max_tokens: Optional[int], held_out: int, num_steps: int,
+                    path: str) -> tuple[TensorSplit, TensorSplit, TensorSplit]:
+    """(train, val, test): the first `max_tokens` ids, then `held_out` ids, then `held_out` more."""
+    train_end = len(ids) - 2 * held_out if max_tokens is None else max_tokens
+    if train_end <= num_steps or train_end + 2 * held_out > len(ids):
+        raise DataError(f"{path}: {len(ids)} tokens are too few for max_tokens={max_tokens} training tokens and "
+                        f"2 x held_out_tokens={held_out} after them (windows of num_steps={num_steps})")
+    parts = (ids[:train_end], ids[train_end: train_end + held_out], ids[train_end + held_out: train_end + 2 * held_out])
+    train, val, test = (_windows(part, num_steps) for part in parts)
+    return train, val, test
 
 
 def _windows(ids: torch.Tensor, num_steps: int) -> TensorSplit:

@@ -45,7 +45,7 @@ def load_cifar10(root: str, download: bool = True) -> DataSplits:
     """CIFAR-10: 50,000 + 10,000 32x32 colour images of 10 classes (root/cifar-10-batches-py, python pickles)."""
     folder = Path(root).expanduser() / CIFAR10_FOLDER
     if missing_files(folder, CIFAR10_FILES) and download:
-        _download("CIFAR-10", datasets.CIFAR10, folder, CIFAR10_FILES, root=str(folder.parent), train=True)
+        torchvision_download("CIFAR-10", datasets.CIFAR10, folder, CIFAR10_FILES, root=str(folder.parent), train=True)
     missing = missing_files(folder, CIFAR10_FILES)
     if missing:
         raise files_error("CIFAR-10", folder, CIFAR10_FILES, describe_missing(missing, CIFAR10_FILES),
@@ -62,7 +62,7 @@ def _load_idx(kind: type[datasets.MNIST], root: str, download: bool) -> DataSpli
     raw = root_path / name / "raw"
     _extract_placed_archives(name, raw)
     if missing_files(raw, IDX_FILES) and download:
-        _download(name, kind, raw, IDX_FILES, root=str(root_path))  # fetches both splits
+        torchvision_download(name, kind, raw, IDX_FILES, root=str(root_path))  # fetches both splits
     missing = missing_files(raw, IDX_FILES)
     if missing:
         raise files_error(name, raw, [f + ".gz" for f in IDX_FILES], describe_missing(missing, IDX_FILES),
@@ -96,13 +96,18 @@ def _extract_placed_archives(name: str, raw: Path) -> None:
                               f"{archive.name} is not a complete gzip file ({error})") from None
 
 
-def _download(name: str, kind: type, folder: Path, files: tuple[str, ...], **arguments: object) -> None:
-    """Let torchvision fetch and verify the files; any failure becomes the one-line files error."""
+def torchvision_download(name: str, kind: type, folder: Path, files: tuple[str, ...], source: str = "",
+                         **arguments: object) -> None:
+    """Let torchvision fetch and verify the files; any failure becomes the one-line files error.
+
+    `source` (where to download by hand) defaults to the dataset class's `url`.
+    """
     try:
         kind(download=True, **arguments)
     except Exception as error:  # no network, a proxy, a mirror down: all end in the same advice
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise files_error(name, folder, files, f"download failed ({reason})", getattr(kind, "url", "")) from None
+        raise files_error(name, folder, files, f"download failed ({reason})",
+                          source or getattr(kind, "url", "")) from None
 
 
 def _read_cifar_batch(folder: Path, name: str) -> TensorSplit:

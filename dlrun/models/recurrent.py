@@ -3,6 +3,7 @@
 Input contract, from the dataset's `input_shape` and `task`:
 - `[T]` with task `language_model`: LongTensor token ids (B, T); `num_outputs` is the vocabulary
   size; tokens are one-hot encoded (as d2l) and the output is per-step logits (B, T, V).
+  `bidirectional=true` is accepted with a warning: it cheats (d2l 9.4's lesson).
 - `[T]` otherwise: floats (B, T), T steps of one feature.
 - `[T, F]`: floats (B, T, F).
 - `[C, H, W]` (images): H steps of C*W features (each row is one step).
@@ -45,8 +46,11 @@ class RecurrentNet(nn.Module):
         if self.language_model and len(input_shape) != 1:
             raise ValueError(f"a language model reads token ids of shape [T], got input_shape {list(input_shape)}")
         if self.language_model and bidirectional:
-            raise ValueError("bidirectional=true cannot model language: the backward direction "
-                             "reads the very tokens it has to predict")
+            # Allowed, because d2l 9.4 trains exactly this to show why it fails (recipe
+            # d2l/bidirectional_lstm); the user is told what the numbers will mean.
+            log.warning("%s: a bidirectional language model's backward direction reads the very token it has to "
+                        "predict, so its perplexity is deceptively low and the text it generates (which has no "
+                        "future to read) is nonsense (d2l 9.4)", type(self).__name__)
         if dropout > 0 and num_layers == 1:
             log.warning("%s: dropout=%s applies between stacked layers; with num_layers=1 it is unused",
                         type(self).__name__, dropout)

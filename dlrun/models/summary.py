@@ -45,6 +45,9 @@ def summarize(model: nn.Module, example: torch.Tensor) -> ModelSummary:
         def hook(module: nn.Module, inputs, output) -> None:
             out = output[0] if isinstance(output, tuple) else output
             params = sum(p.numel() for p in module.parameters(recurse=False))
+            if not isinstance(out, torch.Tensor):  # e.g. a detector's image-list or anchor layers
+                rows.append(LayerRow(name, type(module).__name__, (), params, 0))
+                return
             rows.append(LayerRow(name, type(module).__name__, tuple(out.shape[1:]), params,
                                  _layer_flops(module, inputs[0], out)))
         return hook

@@ -39,7 +39,7 @@ class TorchvisionModel(nn.Module):
         # Not saved in checkpoints: they follow from `pretrained` and the channels.
         self.register_buffer("input_mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", std.view(1, -1, 1, 1), persistent=False)
-        self.net = get_model(name, weights=_load_weights(name) if pretrained else None)
+        self.net = get_model(name, weights=load_pretrained_weights(name) if pretrained else None)
         if freeze_backbone:
             self.net.requires_grad_(False)  # the head built below is new, hence trainable
         _adapt_first_conv(self.net, input_shape[0], keep_filters=pretrained)
@@ -61,7 +61,7 @@ def _input_statistics(channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.mean().expand(channels).clone(), std.mean().expand(channels).clone()
 
 
-def _load_weights(name: str) -> torchvision.models.WeightsEnum:
+def load_pretrained_weights(name: str) -> torchvision.models.WeightsEnum:
     """The default weights of `name`, fetched into torch's cache now so a failure says where they go."""
     weights = get_model_weights(name).DEFAULT
     try:

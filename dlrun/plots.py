@@ -1,4 +1,5 @@
-"""The pictures dlrun draws without a server: line charts, a confusion matrix, a scatter, an image grid.
+"""The pictures dlrun draws without a server: line charts (training curves, a sweep's validation
+curves, forecasts), a confusion matrix, a scatter, an image grid. Every figure goes through here.
 
 matplotlib's object API with the Agg renderer (`matplotlib.figure.Figure` alone: no pyplot state,
 no display needed), imported when a picture is drawn so that starting dlrun stays quick. PNG
@@ -29,6 +30,7 @@ class Curve:
     y: Sequence[float]
     spread: Optional[Sequence[float]] = None
     dashed: bool = False
+    width: float = 1.5
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Panel:
     curves: Sequence[Curve]
     xlabel: str = "epoch"
     ylabel: str = ""
+    markers: Optional[dict[str, float]] = None  # a dashed vertical line at each x, labelled in the legend
 
 
 def new_figure(width: float, height: float, columns: int = 1) -> tuple["Figure", list["Axes"]]:
@@ -70,16 +73,18 @@ def line_chart(panels: Sequence[Panel], panel_width: float = 5.0, height: float 
     for ax, panel in zip(axes, panels):
         for curve in panel.curves:
             (line,) = ax.plot(list(curve.x), list(curve.y), label=curve.label, linestyle="--" if curve.dashed else "-",
-                              marker="o" if len(curve.x) == 1 else None)
+                              linewidth=curve.width, marker="o" if len(curve.x) == 1 else None)
             if curve.spread is not None:
                 low = np.asarray(curve.y) - np.asarray(curve.spread)
                 high = np.asarray(curve.y) + np.asarray(curve.spread)
                 ax.fill_between(list(curve.x), low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        for label, x in (panel.markers or {}).items():
+            ax.axvline(x, color="grey", linestyle="--", linewidth=0.8, label=label)
         ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
         if panel.xlabel == "epoch":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if panel.curves:
+        if panel.curves or panel.markers:
             ax.legend(fontsize="small" if len(panel.curves) <= 6 else "x-small", loc="best")
     return figure
 
