@@ -78,7 +78,9 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best", 
     if len(loader) == 0:
         raise DataError(f"the {split} split of this data is empty; choose another with --split")
     _check_input_shape(loader, trained)
-    task = build_task(cfg, data)
+    # The task scores in the model's classes: `_matched` turns the data's class indices into the model's.
+    task = build_task(cfg, replace(data, extras={**data.extras, "classes": trained.card.classes})
+                      if trained.card.classes else data)
     report = TASKS[trained.card.task].report(trained.card, options)
     batches = _matched(logs.with_progress(loader, len(loader), f"evaluating {split}"), cfg, data, trained)
     metrics = {f"{split}/{name}": value
@@ -89,7 +91,7 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best", 
     with SummaryWriter(log_dir=str(folder)) as writer:
         for name, value in metrics.items():
             writer.add_scalar(name, value, trained.epoch)
-        extra = report.finish(folder, writer, trained.model)
+        extra = report.finish(folder, writer, trained.model, task)
     result = {"run_dir": str(run_dir), "folder": str(folder), "checkpoint": str(trained.checkpoint),
               "epoch": trained.epoch, "split": split, "overrides": list(overrides), "examples": loader.num_examples,
               "metrics": metrics, **extra}
@@ -197,7 +199,7 @@ def _matched(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], cfg: DictConf
     """Batches with the data's class indices (a language model's token ids) turned into the model's, by name."""
     card = trained.card
     inputs_map = targets_map = None
-    if card.task == "classification":
+    if card.task in ("classification", "detection"):
         names = [str(name) for name in data.extras.get("classes") or range(int(cfg.dataset.num_outputs))]
         targets_map = _name_map(names, card.classes, "class")
     elif card.task == "language_model":
@@ -205,7 +207,12 @@ def _matched(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], cfg: DictConf
     for inputs, targets in batches:
         if inputs_map is not None:
             inputs = inputs_map.to(inputs.device)[inputs]
-        if targets_map is not None:
+        if targets_map is not None and card.task == "detection":  # rows [class, x1, y1, x2, y2]; class -1 pads
+            targets = targets.clone()
+            classes = targets[..., 0]  # a view: assigning to it changes `targets`
+            real = classes >= 0
+            classes[real] = targets_map.to(targets.device)[classes[real].long()].to(targets.dtype)
+        elif targets_map is not None:
             targets = targets_map.to(targets.device)[targets]
         yield inputs, targets
 

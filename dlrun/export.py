@@ -63,6 +63,10 @@ def export_run(run_dir: Path, fmt: str, checkpoint: str = "best", out: Optional[
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / FORMATS[fmt]
     model = trained.model.float().eval()
+    if card.task == "detection" and _complete_detector(model):
+        raise ConfigError("dlrun-export writes models whose output is one tensor; this run's detector "
+                          f"({type(model).__name__}) returns boxes, scores and labels per image: export its "
+                          "torchvision model with torchvision's own tools, or train model=tiny_ssd")
     example, fresh = example_input(card, 2, seed=0), example_input(card, 3, seed=1)
     if fmt == "torchscript":
         exported = _torchscript(model, example, path)
@@ -72,7 +76,8 @@ def export_run(run_dir: Path, fmt: str, checkpoint: str = "best", out: Optional[
         expected = model(fresh).numpy()
     difference = _check(exported(fresh), expected, path)
     description = path.with_name(path.name + ".json")
-    write_json(description, describe(card, fmt, path, trained.checkpoint, trained.epoch, expected.shape, difference))
+    write_json(description, {**describe(card, fmt, path, trained.checkpoint, trained.epoch, expected.shape, difference),
+                             **anchor_decoding(model)})
     print(f"exported {path} and {description} (outputs match PyTorch's within {difference:.2g})")
     return path
 
@@ -89,10 +94,39 @@ def example_input(card: DataCard, batch: int, seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=generator)
 
 
+def _complete_detector(model: nn.Module) -> bool:
+    from dlrun.detection import computes_own_loss  # torchvision's ops: imported for detection runs only
+
+    return computes_own_loss(model)
+
+
+def anchor_decoding(model: nn.Module) -> dict[str, Any]:
+    """An anchor detector's (tiny_ssd) anchors and how its outputs become boxes; {} for other models."""
+    if not hasattr(model, "anchors"):
+        return {}
+    from dlrun.detection.boxes import CENTRE_SCALE, NMS_CANDIDATES, SIZE_SCALE
+
+    return {"anchors": [[round(v, 6) for v in anchor] for anchor in model.anchors.tolist()],
+            "decoding": {
+                "boxes": "anchors and boxes are corners x1, y1, x2, y2 in fractions of the image; an anchor of "
+                         "centre (cx, cy) and size (w, h) with offsets (a, b, c, d) gives the box of centre "
+                         f"(cx + a * w / {CENTRE_SCALE}, cy + b * h / {CENTRE_SCALE}) and size "
+                         f"(w * exp(c / {SIZE_SCALE}), h * exp(d / {SIZE_SCALE})), clamped to [0, 1]",
+                "scores": "softmax over the class logits; an anchor's class is its most likely non-background one",
+                "nms": f"the {NMS_CANDIDATES} best anchors scoring above score_threshold, per class non-maximum "
+                       "suppression at nms_iou, the best max_detections kept",
+                "score_threshold": float(model.score_threshold), "nms_iou": float(model.nms_iou),
+                "max_detections": int(model.max_detections)}}
+
+
 def _torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> Any:
     with warnings.catch_warnings():  # torch.jit's deprecation notice and tracer remarks: the check below decides
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, example, check_trace=False)
+        try:
+            traced = torch.jit.trace(model, example, check_trace=False)
+        except Exception as error:  # e.g. outputs that are not tensors
+            raise DlrunError(f"TorchScript export failed: {type(error).__name__}: "
+                             f"{(str(error).strip().splitlines() or [''])[0]}") from None
         torch.jit.save(traced, str(path))
         loaded = torch.jit.load(str(path))
 
@@ -144,7 +178,9 @@ def describe(card: DataCard, fmt: str, path: Path, checkpoint: Path, epoch: int,
     input_shape = ["batch", "steps"] if tokens else ["batch", *card.input_shape]
     outputs = {"classification": "logits per class (softmax gives probabilities; classes in this order)",
                "regression": "the predicted value (the target's own units)",
-               "language_model": "logits over the vocabulary for every step"}.get(card.task, "the model's outputs")
+               "language_model": "logits over the vocabulary for every step",
+               "detection": "per anchor: class logits (background first, then the classes in order) and 4 box "
+                            "offsets from the anchor (see decoding)"}.get(card.task, "the model's outputs")
     return {
         "format": fmt,
         "file": path.name,

@@ -8,6 +8,10 @@ The input is read as the run's model takes it (data.json, dlrun.data.card):
   encoder fitted at training time; the id is `--id-column`, else the row number;
 - language models: a text prefix, continued by `--length` tokens.
 
+Detection runs write one row per box scoring `--min-score` or more (dlrun.detection.report:
+class, score, corners as fractions of the image) and, with `--draw <folder>`, the images with
+their boxes drawn.
+
 The CSV holds the id column and `prediction` (renamed by `--target-name`): the class name, or
 the regressed value; `--probs` adds a probability column per class. Inputs go through the model
 in batches on the run's device, with a progress bar in a terminal. So d2l's house-prices chapter
@@ -57,6 +61,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--probs", action="store_true", help="classification: add a probability column per class")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's trainer.batch_size")
     parser.add_argument("--length", type=int, default=50, help="language models: tokens to generate (default 50)")
+    parser.add_argument("--min-score", type=float, default=0.5, help="detection: the boxes written score this or "
+                        "more (default 0.5)")
+    parser.add_argument("--draw", type=Path, default=None, help="detection: a folder to write each image into with "
+                        "its predicted boxes drawn")
     parser.add_argument("--skip-bad-files", action="store_true",
                         help="images: leave out files that cannot be read (default: stop at the first)")
     args = parser.parse_args(argv)
@@ -69,7 +77,12 @@ def predict_run(args: argparse.Namespace) -> Path:
     card = trained.card
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size={args.batch_size} is out of range: must be >= 1")
-    report = TASKS[card.task].report(card, ReportOptions(probs=args.probs, length=args.length))
+    if not 0 <= args.min_score <= 1:
+        raise ConfigError(f"--min-score={args.min_score} is out of range: must be in [0, 1]")
+    if args.draw is not None and card.task != "detection":
+        raise ConfigError(f"--draw needs a detection run; this run's task is {card.task}")
+    report = TASKS[card.task].report(card, ReportOptions(probs=args.probs, length=args.length,
+                                                         min_score=args.min_score, draw=args.draw))
     if args.probs and card.task != "classification":
         raise ConfigError(f"--probs needs a classification run; this run's task is {card.task}")
     batch_size = args.batch_size or trained.config.trainer.batch_size
@@ -88,20 +101,20 @@ def predict_run(args: argparse.Namespace) -> Path:
             raise DataError(f"this model takes {card.inputs} inputs of shape {card.input_shape}; dlrun-predict "
                             "reads images, CSV rows and text prefixes")
         ids, rows = _predict(trained, report, ids, logs.with_progress(batches, total, "predicting"))
-    path = _write_csv(args.out, id_name, ids, rows, args.target_name)
+    path = _write_csv(args.out, id_name, ids, rows, report.columns(), args.target_name)
     _show(path, id_name, ids, rows, args.target_name)
     return path
 
 
 def _predict(trained: TrainedRun, report: Any, ids: list[str], batches: Batches) -> tuple[list[str], list[dict]]:
-    """The report's rows for every batch, with the ids of the inputs that were read (in their order)."""
+    """The report's rows for every batch, each with the id of its input (inputs that were read, in their order)."""
     kept, rows = [], []
     with torch.no_grad():
         for inputs, numbers in batches:
             with trained.precision.autocast():
-                outputs = trained.model(inputs)
-            rows += report.rows(outputs)
-            kept += [ids[number] for number in numbers.tolist()]
+                batch = report.rows(trained.model, inputs, [ids[number] for number in numbers.tolist()])
+            kept += [identifier for identifier, _ in batch]
+            rows += [columns for _, columns in batch]
     return kept, rows
 
 
@@ -152,13 +165,14 @@ def _table_rows(source: Path, trained: TrainedRun, batch_size: int,
     return id_column or "row", ids, iter(loader), len(loader)
 
 
-def _write_csv(path: Path, id_name: str, ids: list[str], rows: list[dict[str, Any]], target_name: str) -> Path:
-    columns = [id_name, *(target_name if name == "prediction" else name for name in rows[0])] if rows else [id_name]
+def _write_csv(path: Path, id_name: str, ids: list[str], rows: list[dict[str, Any]], names: list[str],
+               target_name: str) -> Path:
+    columns = [id_name, *(target_name if name == "prediction" else name for name in names)]
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(columns)
     for identifier, row in zip(ids, rows):
-        writer.writerow([identifier, *row.values()])
+        writer.writerow([identifier, *(row[name] for name in names)])
     atomic_write(path, lambda partial: partial.write_text(text.getvalue()))
     return path
 

@@ -4,14 +4,16 @@ A task names its report with the `Task.report` hook (dlrun.tasks), so a new task
 brings its own without changes here. A `Report` is driven so:
 
 - evaluation: `update(inputs, outputs, targets)` after every batch (device tensors only: no
-  host sync per batch), then `finish(folder, writer, model)` writes the task's files into the
-  evaluation folder and pictures into its TensorBoard events, and returns what metrics.json adds;
-  `tables()` gives what the console shows;
-- prediction: `rows(outputs)` turns a batch of outputs into one dict of CSV columns per input.
+  host sync per batch), then `finish(folder, writer, model, task)` writes the task's files into
+  the evaluation folder and pictures into its TensorBoard events, and returns what metrics.json
+  adds (the task has just scored the pass); `tables()` gives what the console shows;
+- prediction: `rows(model, inputs, ids)` runs a batch and gives its CSV rows as (id, columns):
+  one per input for most tasks, one per detected box for detection (dlrun.detection.report).
 
 Classification: the confusion matrix (JSON counts, PNG, TensorBoard image), precision, recall
 and F1 per class, and for images a grid of the most confidently wrong examples. Regression: a
 predicted-versus-true scatter and residual statistics. Language model: a generated text.
+Detection's report lives with detection (dlrun.detection.report).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -34,6 +36,9 @@ from dlrun.data.card import DataCard
 from dlrun.errors import DataError
 from dlrun.rundir import write_json
 
+if TYPE_CHECKING:
+    from dlrun.tasks import Task
+
 log = logging.getLogger("dlrun")
 
 
@@ -43,6 +48,8 @@ class ReportOptions:
     prefix: Optional[str] = None  # language model: the text to continue (None: the run's sample prefix)
     length: int = 50  # language model: tokens to generate
     wrong_examples: int = 16  # classification of images: how many confidently wrong examples to draw
+    min_score: float = 0.5  # detection: the boxes predicted (and drawn) score this or more
+    draw: Optional[Path] = None  # detection: a folder for the images with their predicted boxes drawn
 
 
 class Report:
@@ -55,13 +62,18 @@ class Report:
     def update(self, inputs: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         """One evaluation batch (targets are indices of the model's classes)."""
 
-    def finish(self, folder: Path, writer: SummaryWriter, model: nn.Module) -> dict[str, Any]:
+    def finish(self, folder: Path, writer: SummaryWriter, model: nn.Module, task: "Task") -> dict[str, Any]:
         return {}
 
     def tables(self) -> list[Table]:
         return []
 
-    def rows(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
+    def columns(self) -> list[str]:
+        """The columns of a prediction row (the CSV header, also when there are no rows)."""
+        return ["prediction"]
+
+    def rows(self, model: nn.Module, inputs: torch.Tensor, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        """The CSV rows (id, columns) of a batch of `inputs` whose ids are `ids`."""
         raise DataError(f"dlrun-predict has no rows for the task {self.card.task!r}")
 
 
@@ -95,7 +107,7 @@ class ClassificationReport(Report):
         keep = scores.topk(min(self.options.wrong_examples, len(scores))).indices
         self.wrong = (scores[keep], inputs[keep].float(), labels[keep])
 
-    def finish(self, folder: Path, writer: SummaryWriter, model: nn.Module) -> dict[str, Any]:
+    def finish(self, folder: Path, writer: SummaryWriter, model: nn.Module, task: "Task") -> dict[str, Any]:
         if self.counts is None:
             return {}
         classes = self.card.classes
@@ -139,17 +151,20 @@ class ClassificationReport(Report):
                       str(sum(int(s["support"]) for s in self.per_class.values())), style="bold")
         return [table]
 
-    def rows(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
-        probabilities = outputs.float().softmax(dim=-1).cpu()
+    def rows(self, model: nn.Module, inputs: torch.Tensor, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        probabilities = model(inputs).float().softmax(dim=-1).cpu()
         names = self.card.classes
         rows = []
-        for row in probabilities.tolist():
+        for identifier, row in zip(ids, probabilities.tolist()):
             best = max(range(len(row)), key=row.__getitem__)
             columns: dict[str, Any] = {"prediction": names[best]}
             if self.options.probs:
                 columns.update({f"prob_{name}": round(value, 6) for name, value in zip(names, row)})
-            rows.append(columns)
+            rows.append((identifier, columns))
         return rows
+
+    def columns(self) -> list[str]:
+        return ["prediction", *(f"prob_{name}" for name in self.card.classes if self.options.probs)]
 
 
 class RegressionReport(Report):
@@ -163,7 +178,7 @@ class RegressionReport(Report):
         self.predicted.append(outputs.detach().float().reshape(-1))
         self.true.append(targets.detach().float().reshape(-1))
 
-    def finish(self, folder: Path, writer: SummaryWriter, model: nn.Module) -> dict[str, Any]:
+    def finish(self, folder: Path, writer: SummaryWriter, model: nn.Module, task: "Task") -> dict[str, Any]:
         if not self.predicted:
             return {}
         predicted, true = torch.cat(self.predicted).cpu().numpy(), torch.cat(self.true).cpu().numpy()
@@ -183,9 +198,10 @@ class RegressionReport(Report):
             table.add_row(name, _number(value))
         return [table]
 
-    def rows(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
+    def rows(self, model: nn.Module, inputs: torch.Tensor, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
         # dataset.log_target only changes how the run was scored: the model predicts the target's own units.
-        return [{"prediction": value} for value in outputs.float().reshape(len(outputs), -1)[:, 0].cpu().tolist()]
+        values = model(inputs).float().reshape(len(inputs), -1)[:, 0].cpu().tolist()
+        return [(identifier, {"prediction": value}) for identifier, value in zip(ids, values)]
 
 
 class LanguageModelReport(Report):
@@ -208,7 +224,7 @@ class LanguageModelReport(Report):
         ids = [index.get(piece, 0) for piece in pieces]
         return LanguageModel(tokens, separator, ids, carry_state=False, sample_length=length).generate(model)
 
-    def finish(self, folder: Path, writer: SummaryWriter, model: nn.Module) -> dict[str, Any]:
+    def finish(self, folder: Path, writer: SummaryWriter, model: nn.Module, task: "Task") -> dict[str, Any]:
         prefix = self.options.prefix if self.options.prefix is not None else self.card.vocabulary["sample_prefix"]
         self.text = self.generate(model, prefix, self.options.length)
         atomic_write(folder / "generated.txt", lambda partial: partial.write_text(self.text + "\n"))

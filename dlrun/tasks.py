@@ -340,6 +340,12 @@ class Detection(Task):
             result.update(self.evaluation.compute())
         return result
 
+    @classmethod
+    def report(cls, card: "DataCard", options: "ReportOptions") -> "Report":
+        from dlrun.detection.report import DetectionReport
+
+        return DetectionReport(card, options)
+
     def per_class_ap(self) -> dict[str, dict[str, float]]:
         """Each class's AP ({"ap50", "ap"}) on the last evaluation pass."""
         if self.evaluation is None:

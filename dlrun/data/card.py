@@ -36,7 +36,7 @@ class DataCard:
     task: str  # dataset.task: classification | regression | language_model | ...
     inputs: str  # one of INPUT_KINDS
     input_shape: list[int]  # one example, as the model takes it (no batch dimension)
-    classes: list[str] = field(default_factory=list)  # class names in output order (classification)
+    classes: list[str] = field(default_factory=list)  # class names in output order (classification, detection)
     encoder: Optional[dict[str, Any]] = None  # TableEncoder state (table inputs)
     target: Optional[str] = None  # the target column of a CSV dataset
     log_target: bool = False  # regression scored by log-RMSE; the model still predicts the target's own units
@@ -52,7 +52,7 @@ class DataCard:
         if task == "classification" and not classes:
             classes = [str(index) for index in range(int(dataset.num_outputs))]
         inputs, encoder, vocabulary = _input_kind(task, shape, extras)
-        return cls(task=task, inputs=inputs, input_shape=shape, classes=classes if task == "classification" else [],
+        return cls(task=task, inputs=inputs, input_shape=shape, classes=classes if task in ("classification", "detection") else [],
                    encoder=encoder, target=dataset.get("target"), log_target=bool(dataset.get("log_target", False)),
                    vocabulary=vocabulary, dataset=str(dataset.get("_target_", "")))
 
