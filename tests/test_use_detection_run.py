@@ -79,7 +79,7 @@ def write_pngs(root: Path, images: torch.Tensor) -> list[str]:
     return paths
 
 
-def test_predict_writes_a_row_per_box_and_draws_them(detection_run, tmp_path):
+def test_predict_writes_a_row_per_box_and_draws_them(detection_run, tmp_path, capsys):
     trained = load_run(detection_run, device="cpu")
     images = synthetic_detection(num_train=6, num_test=1, image_size=32, num_classes=2, seed=11).train.inputs
     paths = write_pngs(tmp_path / "new", images)
@@ -109,6 +109,11 @@ def test_predict_writes_a_row_per_box_and_draws_them(detection_run, tmp_path):
     predict([str(detection_run), str(tmp_path / "new" / "0.png"), "--min-score", "1", "--out",
              str(tmp_path / "none.csv")])  # one image, no box that sure: the header alone
     assert (tmp_path / "none.csv").read_text().splitlines() == ["file,prediction,score,x1,y1,x2,y2"]
+
+    with pytest.raises(SystemExit) as exit_code:
+        predict([str(detection_run), str(tmp_path / "new"), "--min-score", "1.5"])
+    assert exit_code.value.code == 2
+    assert capsys.readouterr().err == "dlrun-predict: error: --min-score=1.5 is out of range: must be in [0, 1]\n"
 
 
 def test_torchscript_export_carries_the_anchors_and_complete_detectors_are_refused(detection_run, tmp_path,

@@ -52,7 +52,8 @@ class DataCard:
         if task == "classification" and not classes:
             classes = [str(index) for index in range(int(dataset.num_outputs))]
         inputs, encoder, vocabulary = _input_kind(task, shape, extras)
-        return cls(task=task, inputs=inputs, input_shape=shape, classes=classes if task in ("classification", "detection") else [],
+        named = task in ("classification", "detection")  # outputs (or boxes) of named classes
+        return cls(task=task, inputs=inputs, input_shape=shape, classes=classes if named else [],
                    encoder=encoder, target=dataset.get("target"), log_target=bool(dataset.get("log_target", False)),
                    vocabulary=vocabulary, dataset=str(dataset.get("_target_", "")))
 
