@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from dlrun.plots import Line, save_line_chart
+from dlrun.plots import Curve, Panel, line_chart, save_png
 
 log = logging.getLogger(__name__)
 FIGURE_FILE = "forecasts.png"
@@ -82,17 +82,17 @@ def evaluate_forecasts(model: torch.nn.Module, series: Series, run_dir: Path) ->
 
     count = len(forecasts)
     metrics: dict[str, float] = {}
-    lines = [Line("data", range(1, len(values) + 1), values.tolist(), width=0.6)]
+    lines = [Curve("data", range(1, len(values) + 1), values.tolist(), width=0.6)]
     for k in sorted(series.horizons):
         first = series.tau + k - 1  # index of the target of row 0
         targets = values[first: first + count]
         predicted = forecasts[:, k - 1]
         in_test = torch.arange(first, first + count) >= series.test_start
         metrics[f"forecast/mse_{k}"] = float((predicted - targets)[in_test].square().mean())
-        lines.append(Line(f"{k}-step preds", range(first + 1, first + count + 1), predicted.tolist()))
-    figure = save_line_chart(Path(run_dir) / FIGURE_FILE, lines, xlabel="time", ylabel="x",
-                             title="k-step-ahead forecasts (d2l 8.1)",
-                             markers={"test part starts": series.test_start + 1})
+        lines.append(Curve(f"{k}-step preds", range(first + 1, first + count + 1), predicted.tolist()))
+    panel = Panel("k-step-ahead forecasts (d2l 8.1)", lines, xlabel="time", ylabel="x",
+                  markers={"test part starts": series.test_start + 1})
+    figure = save_png(line_chart([panel], panel_width=9.0, height=4.0), Path(run_dir) / FIGURE_FILE)
     errors = ", ".join(f"{name.rpartition('_')[2]}: {value:.4f}" for name, value in metrics.items())
     log.info("forecast MSE on the test part, by steps ahead: %s (figure: %s)", errors, figure)
     return metrics

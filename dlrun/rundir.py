@@ -28,11 +28,11 @@ STATUS_FILE = "status.json"
 SUMMARY_FILE = "summary.json"
 # Keys that may change between a run and its continuation without making it another experiment.
 RESUME_INSENSITIVE_KEYS = ("trainer.resume", "trainer.epochs", "trainer.save_every_steps", "trainer.save_every_minutes",
-                           "output_root", "name", "sweep.resume", "device.dist_timeout_min")
+                           "trainer.log_grad_norms", "output_root", "name", "sweep.resume", "device.dist_timeout_min")
 # What status.json records of how each attempt ended.
 ATTEMPT_OUTCOME_KEYS = ("error", "exit_code", "signal", "epoch", "step", "rank")
 # What a run writes while training; cleared (with any fold_*/) before a run starts again from scratch.
-TRAINING_OUTPUTS = ("tb", "checkpoints", "metrics.jsonl", SUMMARY_FILE, "model_summary.txt")
+TRAINING_OUTPUTS = ("tb", "checkpoints", "metrics.jsonl", SUMMARY_FILE, "model_summary.txt", "data.json", "curves.png")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -41,6 +41,8 @@ class TrainerConfig:
     # last.pt inside epochs too: every N optimizer steps and/or every M minutes (null = off).
     save_every_steps: Optional[int] = None
     save_every_minutes: Optional[float] = 10.0
+    # Per-layer gradient norms to TensorBoard (grad_norm/...), summed on the device, read once per epoch.
+    log_grad_norms: bool = False
 
 
 @dataclass

@@ -250,9 +250,11 @@ def sweep_batch_size(hydra_cfg: DictConfig) -> int:
 
 
 def report_main(argv: Optional[list[str]] = None) -> None:
-    """`dlrun-report <sweep dir>`: the leaderboard of a finished or partial sweep."""
+    """`dlrun-report <sweep dir> [--plot]`: the leaderboard of a finished or partial sweep."""
     parser = argparse.ArgumentParser(prog="dlrun-report", description=report_main.__doc__)
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory, e.g. outputs/multirun/<date>/<time>")
+    parser.add_argument("--plot", action="store_true",
+                        help="also write val_curves.png there: every job's validation curves, mean ± std over seeds")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.exit(2, f"dlrun-report: error: no such directory: {args.sweep_dir}\n")
@@ -260,6 +262,10 @@ def report_main(argv: Optional[list[str]] = None) -> None:
     if not summary.jobs:
         parser.exit(2, f"dlrun-report: error: no job directories (with .hydra/ or status.json) in {args.sweep_dir}\n")
     show(summary)
+    if args.plot:
+        from dlrun.curves import write_sweep_curves  # matplotlib only when a picture is asked for
+
+        print(f"validation curves: {write_sweep_curves(summary)}")
 
 
 def _key(override: str) -> str:

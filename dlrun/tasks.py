@@ -7,6 +7,7 @@ targets, mAP and pictures) do it through the hooks `start_pass`, `forward`, `car
 `epoch_texts` and `epoch_images`, so the loop stays the same for every task; `speed_metrics` adds
 a task's own unit of speed (tokens/s) and `after_test` its own final evaluation (multi-step
 forecasts and their figure).
+`report` names what dlrun-eval writes for the task and what a dlrun-predict row holds.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dlrun.forecast import Series, evaluate_forecasts
 
 if TYPE_CHECKING:
     from dlrun.data import Data
+    from dlrun.data.card import DataCard
+    from dlrun.reports import Report, ReportOptions
 
 
 class Task:
@@ -60,6 +63,13 @@ class Task:
     def restore_carried_state(self, state: Any) -> None:
         """Continue a pass where `carried_state` was taken (called after `start_pass`)."""
 
+    @classmethod
+    def report(cls, card: "DataCard", options: "ReportOptions") -> "Report":
+        """What dlrun-eval writes besides the metrics, and what a dlrun-predict row holds (dlrun.reports)."""
+        from dlrun.reports import Report
+
+        return Report(card, options)
+
     def speed_metrics(self, examples_per_sec: float) -> dict[str, float]:
         """Training speed in the task's own units, logged every epoch next to examples_per_sec."""
         return {}
@@ -95,6 +105,12 @@ class Classification(Task):
     def metrics(self, stats: list[float]) -> dict[str, float]:
         loss_sum, correct, count = stats
         return {"loss": loss_sum / count, "acc": correct / count}
+
+    @classmethod
+    def report(cls, card: "DataCard", options: "ReportOptions") -> "Report":
+        from dlrun.reports import ClassificationReport
+
+        return ClassificationReport(card, options)
 
 
 class Regression(Task):
@@ -139,6 +155,12 @@ class Regression(Task):
         if self.log_target:
             result["log_rmse"] = math.sqrt(log_errors / count) if log_errors >= 0 else float("nan")
         return result
+
+    @classmethod
+    def report(cls, card: "DataCard", options: "ReportOptions") -> "Report":
+        from dlrun.reports import RegressionReport
+
+        return RegressionReport(card, options)
 
     def after_test(self, model: torch.nn.Module, run_dir: Path) -> dict[str, float]:
         if self.series is None:
@@ -207,6 +229,12 @@ class LanguageModel(Task):
 
     def epoch_texts(self, model: torch.nn.Module) -> dict[str, str]:
         return {"sample": self.generate(model)}
+
+    @classmethod
+    def report(cls, card: "DataCard", options: "ReportOptions") -> "Report":
+        from dlrun.reports import LanguageModelReport
+
+        return LanguageModelReport(card, options)
 
     def speed_metrics(self, examples_per_sec: float) -> dict[str, float]:
         return {"tokens_per_sec": examples_per_sec * self.tokens_per_example}
@@ -311,6 +339,12 @@ class Detection(Task):
         if self.evaluation is not None:
             result.update(self.evaluation.compute())
         return result
+
+    @classmethod
+    def report(cls, card: "DataCard", options: "ReportOptions") -> "Report":
+        from dlrun.detection.report import DetectionReport
+
+        return DetectionReport(card, options)
 
     def per_class_ap(self) -> dict[str, dict[str, float]]:
         """Each class's AP ({"ap50", "ap"}) on the last evaluation pass."""

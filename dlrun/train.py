@@ -14,7 +14,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -25,9 +25,12 @@ from torch import nn
 from dlrun import checkpoint, hparams, logs
 from dlrun.attempt import in_multirun, planned_epochs, run_attempt
 from dlrun.checkpoint import EpochPosition
+from dlrun.curves import write_run_curves
 from dlrun.data import Loader, build_data
+from dlrun.data.card import write_card
 from dlrun.device import configure_backends, prepare_model, select_device
 from dlrun.distributed import Ranks
+from dlrun.grad_norms import GradNorms
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
 from dlrun.optim import build_l1_penalty, build_optimizer
@@ -85,6 +88,8 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
     data = build_data(cfg, device, shuffle_generator, fold=fold, shard=ranks.shard)
     regularization = cfg.regularization
     task = build_task(cfg, data)
+    if ranks.is_main:
+        write_card(run_dir, cfg, data.task, data.extras)  # data.json: what evaluation, prediction and export read
     model = ranks.convert_batchnorm(build_model(cfg.model, regularization.dropout), cfg.device.sync_batchnorm)
     model = model.to(device)
     net = prepare_model(model, cfg.device)  # what runs forward; `model` holds the weights we save
@@ -97,6 +102,7 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
     scheduler = build_scheduler(cfg.scheduler, optimizer, epochs, len(data.train), monitor, task.mode)
     grad_clip = task.default_grad_clip if regularization.grad_clip is None else regularization.grad_clip
     penalty = build_l1_penalty(model, regularization.l1, regularization.decay_bias_and_norm)
+    grad_norms = GradNorms(model, precision) if cfg.trainer.log_grad_norms else None
     checkpoints = run_dir / "checkpoints"
     objects = checkpoint.TrainingObjects(model, optimizer, scheduler, precision, shuffle_generator)
     progress = checkpoint.Progress()
@@ -146,7 +152,7 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
             saver.before_steps(position)
             train_metrics = train_one_epoch(train_net, data.train, task, optimizer, scheduler, precision, grad_clip,
                                             penalty, epoch, epochs, position=position, on_step=saver.after_step,
-                                            ranks=ranks)
+                                            ranks=ranks, grad_norms=grad_norms)
             training_seconds = position.seconds_so_far()  # train_one_epoch ends with a host sync
             saver.start_validation(position)
             ranks.sync_buffers(model)  # every process validates with rank 0's BatchNorm statistics
@@ -160,6 +166,8 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
             if scheduler is not None and scheduler.interval == "epoch":
                 scheduler.step(history)
             metrics_log.write(epoch, history)
+            if grad_norms is not None and ranks.is_main:
+                grad_norms.write(metrics_log.writer, epoch)
             log.info(logs.epoch_line(epoch, epochs, history))
             for tag, text in (task.epoch_texts(model) if ranks.is_main else {}).items():
                 metrics_log.write_text(tag, text, epoch)
@@ -214,6 +222,7 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
     }
     if ranks.is_main:
         write_json(run_dir / SUMMARY_FILE, summary_data)
+        write_run_curves(run_dir, task.metric)  # curves.png
     logs.show_results(_results_rows(progress.history, test_metrics), run_dir)
     return summary_data
 
@@ -223,7 +232,7 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
                     penalty: Optional[Callable[[], torch.Tensor]], epoch: int, epochs: int,
                     position: Optional[EpochPosition] = None,
                     on_step: Optional[Callable[[EpochPosition], None]] = None,
-                    ranks: Ranks = Ranks()) -> dict[str, float]:
+                    ranks: Ranks = Ranks(), grad_norms: Optional[GradNorms] = None) -> dict[str, float]:
     """forward, loss, backward, step for every batch; read the device-side sums once at the end.
 
     `penalty` (the L1 term) is added to the loss that is minimised; the reported loss is the
@@ -232,6 +241,7 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
     `position` is where the epoch stands (a fresh start when None; a resumed one goes on from
     its step, in its order); it is advanced after every step, then `on_step(position)` is
     called: dlrun.saving.Checkpointer, which saves on its schedule and stops on a signal.
+    `grad_norms` (trainer.log_grad_norms) records each layer's gradient norm after backward.
 
     A non-finite loss is noticed here, after the epoch, without a host sync per step; it
     raises TrainingDiverged before the caller can checkpoint the poisoned weights.
@@ -258,6 +268,8 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
             objective = objective + penalty()
         optimizer.zero_grad(set_to_none=True)
         precision.backward(objective)
+        if grad_norms is not None:
+            grad_norms.add()
         precision.step(optimizer, model.parameters(), grad_clip)
         if scheduler is not None and scheduler.interval == "step":
             scheduler.step()
@@ -271,9 +283,11 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Loader, task: Task, precision: Precision,
-             on_batch: Optional[Callable[[], None]] = None, ranks: Ranks = Ranks()) -> dict[str, float]:
-    """The task's metrics over `loader`; `on_batch()` is called before every batch (a stop check).
+def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], task: Task, precision: Precision,
+             on_batch: Optional[Callable[[], None]] = None, ranks: Ranks = Ranks(),
+             observe: Optional[Callable[[torch.Tensor, Any, torch.Tensor], None]] = None) -> dict[str, float]:
+    """The task's metrics over `loader`; `on_batch()` is called before every batch (a stop check),
+    `observe(inputs, outputs, targets)` after it (dlrun-eval's confusion matrix and pictures).
 
     On several processes each evaluates its part of every batch (`model` is the plain module,
     no collective per batch) and the sums are added up once at the end.
@@ -287,6 +301,8 @@ def evaluate(model: nn.Module, loader: Loader, task: Task, precision: Precision,
         with precision.autocast():
             outputs = task.forward(model, inputs, targets)
             loss = task.loss(outputs, targets)
+        if observe is not None:
+            observe(inputs, outputs, targets)
         batch = task.batch_stats(outputs, targets, loss)
         sums = batch if sums is None else sums + batch
     return task.metrics(ranks.sum_over(sums))

@@ -39,6 +39,16 @@ def cfg_for(tmp_path):
     return make
 
 
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> Path:
+    """An MLP trained in this process for 3 epochs on the bundled digits (8x8 grey, 10 classes); shared, read-only."""
+    from dlrun.train import run
+
+    root = tmp_path_factory.mktemp("digits_run")
+    run(compose_config(f"output_root={root}", "model=mlp", "trainer.epochs=3"), run_dir=root / "run")
+    return root / "run"
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run the installed `dlrun` console script as a user would."""
     environment = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}

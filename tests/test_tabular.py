@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from conftest import compose_config, read_json, run_cli
 from dataset_files import write_house_csv
 from dlrun.data.splits import TensorSplit, fold_split
-from dlrun.data.tabular import encode_csv
+from dlrun.data.tabular import TableEncoder, encode_csv, read_csv
 from dlrun.errors import DataError
 from dlrun.schema import validate
 from dlrun.tasks import Regression
@@ -23,7 +24,7 @@ def test_numeric_standardized_missing_filled_categoricals_one_hot(tmp_path):
     write_house_csv(path)
     table = encode_csv(str(path), "SalePrice", "regression", ("Id",))
     assert table.feature_names == ("LotArea", "Street=Grvl", "Street=Pave", "Street=<missing>", "Zero",
-                                   "Quality=high", "Quality=low", "Quality=mid")
+                                   "Quality=high", "Quality=low", "Quality=mid", "Quality=<missing>")
     area = table.features[:, 0]
     present = np.array([n % 7 != 3 for n in range(40)])
     assert abs(area[present].mean()) < 1e-5 and abs(area[present].std() - 1) < 1e-5
@@ -31,6 +32,7 @@ def test_numeric_standardized_missing_filled_categoricals_one_hot(tmp_path):
     street = table.features[:, 1:4]
     assert (street.sum(axis=1) == 1).all() and street[4].tolist() == [0, 0, 1]  # row 4 had "NA"
     assert (table.features[:, 4] == 0).all()  # a constant column stays finite
+    assert (table.features[:, 8] == 0).all()  # d2l's dummy_na=True: a <missing> column even when nothing is missing
     assert table.targets[1] == 100000 + 2500 + 10000
 
 
@@ -38,7 +40,7 @@ def test_shapes_reach_the_model_by_interpolation(tmp_path):
     path = tmp_path / "house.csv"
     write_house_csv(path)
     cfg = validate(compose_config("dataset=csv", "model=mlp", f"dataset.path={path}", "dataset.target=SalePrice"))
-    assert list(cfg.model.input_shape) == [9] and cfg.model.num_outputs == 1  # Id kept as a numeric feature
+    assert list(cfg.model.input_shape) == [10] and cfg.model.num_outputs == 1  # Id kept as a numeric feature
     cfg = validate(compose_config("dataset=csv", "model=mlp", f"dataset.path={path}", "dataset.target=Quality",
                                   "dataset.task=classification", "dataset.drop=[Id]"))
     assert list(cfg.model.input_shape) == [6] and cfg.model.num_outputs == 3
@@ -99,3 +101,28 @@ def test_kfold_from_the_cli_exits_zero(tmp_path):
     result = run_cli("dataset=diabetes", "model=mlp", "trainer.kfold=3", "debug=smoke", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "3-fold cross-validation" in result.stdout
+
+
+def test_the_fitted_encoder_applies_unchanged_to_new_rows(tmp_path):
+    path = tmp_path / "house.csv"
+    write_house_csv(path)
+    table = encode_csv(str(path), "SalePrice", "regression", ("Id",))
+    encoder = TableEncoder.from_state(json.loads(json.dumps(table.encoder.state_dict())))  # as saved in data.json
+    assert encoder == table.encoder and encoder.feature_names == table.feature_names
+    header, rows = read_csv(path)
+    assert np.array_equal(encoder.transform(header, rows, "house.csv"), table.features)
+
+    # New rows: columns in another order, no target, an unseen and a missing category, a missing number.
+    new_header = ["Quality", "Zero", "Street", "LotArea"]
+    features = encoder.transform(new_header, [["mid", "0", "Dirt", "1000"], ["NA", "0", "Pave", ""]], "new.csv")
+    names = list(encoder.feature_names)
+    first, second = (dict(zip(names, row)) for row in features)
+    assert first["Street=<missing>"] == 1 and first["Street=Grvl"] == first["Street=Pave"] == 0  # unseen → missing
+    assert first["Quality=mid"] == 1 and second["Quality=<missing>"] == 1 and second["Street=Pave"] == 1
+    assert first["LotArea"] == pytest.approx(table.features[0, 0]) and second["LotArea"] == 0  # training's statistics
+
+    with pytest.raises(DataError, match=r"^new.csv has no column 'Street'; the model reads the columns LotArea, "
+                                        r"Street, Zero, Quality$"):
+        encoder.transform(["LotArea", "Zero", "Quality"], [["1", "0", "mid"]], "new.csv")
+    with pytest.raises(DataError, match=r"new.csv line 3: column 'LotArea' holds 'big', not a number"):
+        encoder.transform(new_header, [["mid", "0", "Pave", "1"], ["mid", "0", "Pave", "big"]], "new.csv")

@@ -183,7 +183,7 @@ def _from_class_folders(folder: Path) -> tuple[list[tuple[str, int]], list[str]]
     classes = _class_names(folder)
     samples, empty = [], []
     for label, name in enumerate(classes):
-        files = _images_under(folder / name)
+        files = images_under(folder / name)
         if not files:
             empty.append(name)
         samples.extend((path, label) for path in files)
@@ -194,7 +194,7 @@ def _from_class_folders(folder: Path) -> tuple[list[tuple[str, int]], list[str]]
     return samples, classes
 
 
-def _images_under(folder: Path) -> list[str]:
+def images_under(folder: Path) -> list[str]:
     """Image files under `folder` and its sub-folders (hidden ones skipped), sorted by path."""
     found = []
     for directory, subfolders, files in os.walk(folder, followlinks=True):

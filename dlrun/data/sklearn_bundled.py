@@ -25,10 +25,12 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> DataSplits:
 
 def load_diabetes(test_fraction: float = 0.2, seed: int = 0) -> DataSplits:
     """442 patients, 10 standardized features, disease progression after a year (25-346) to regress."""
-    features, target = datasets.load_diabetes(return_X_y=True)
+    bunch = datasets.load_diabetes()
+    features, target = bunch.data, bunch.target
     train_x, test_x, train_y, test_y = train_test_split(features, target, test_size=test_fraction, random_state=seed)
 
     def split(x, y) -> TensorSplit:
         return TensorSplit(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32))
 
-    return DataSplits(train=split(train_x, train_y), test=split(test_x, test_y))
+    return DataSplits(train=split(train_x, train_y), test=split(test_x, test_y),
+                      extras={"feature_names": list(bunch.feature_names)})  # age, sex, bmi, bp, s1 .. s6

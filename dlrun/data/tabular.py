@@ -1,10 +1,16 @@
 """A CSV file as a tabular dataset, preprocessed as d2l does for Kaggle's house prices.
 
 Numeric columns are standardized (mean 0, std 1) and their missing values filled with 0 (the
-mean); other columns are one-hot encoded, with an extra indicator column where values are
-missing. The statistics and categories come from the whole file (features only, never the
-target), as in d2l, so the feature count is known from the file alone — which is how
-`${dlrun.csv_num_features:...}` gives models their input shape before any loading.
+mean); other columns are one-hot encoded, with an extra `<missing>` indicator column (pandas'
+`get_dummies(dummy_na=True)`, as d2l uses). The statistics and categories come from the whole
+file (features only, never the target), as in d2l, so the feature count is known from the file
+alone — which is how `${dlrun.csv_num_features:...}` gives models their input shape before any
+loading.
+
+The fitted preprocessing is a `TableEncoder`: its state (`state_dict()`, plain JSON) is saved in
+the run directory at training time (dlrun.data.card) and applied unchanged to new rows by
+dlrun-predict and dlrun-eval. A category the training file never had goes to the `<missing>`
+column; a missing value is filled as in training.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -22,7 +29,103 @@ from dlrun.data.splits import DataSplits, TensorSplit, split_off
 from dlrun.errors import DataError
 
 MISSING = {"", "na", "nan", "n/a", "null", "none", "?"}
+MISSING_CATEGORY = "<missing>"
 TARGET_KINDS = ("regression", "classification")
+
+
+@dataclass(frozen=True)
+class NumericColumn:
+    """Standardized with the training file's statistics; a missing value becomes 0 (the mean)."""
+
+    name: str
+    mean: float = 0.0
+    std: float = 1.0  # 1 for a constant column, which then stays finite
+
+
+@dataclass(frozen=True)
+class CategoricalColumn:
+    """One-hot over the training file's categories, then a `<missing>` column (missing or unseen values)."""
+
+    name: str
+    categories: tuple[str, ...]
+
+
+Column = Union[NumericColumn, CategoricalColumn]
+
+
+@dataclass(frozen=True)
+class TableEncoder:
+    """The per-column preprocessing fitted on a training file, applied unchanged to any rows."""
+
+    columns: tuple[Column, ...]
+
+    @classmethod
+    def fit(cls, header: list[str], rows: list[list[str]], skip: tuple[str, ...] = ()) -> "TableEncoder":
+        """Numeric columns (every present value a finite number) get their mean and std; the others their categories."""
+        columns: list[Column] = []
+        for i, name in enumerate(header):
+            if name in skip:
+                continue
+            values = [row[i] for row in rows]
+            missing = np.array([_is_missing(value) for value in values])
+            numbers = _as_numbers(values, missing)
+            if numbers is None:
+                categories = sorted({value for value, gone in zip(values, missing) if not gone})
+                columns.append(CategoricalColumn(name, tuple(categories)))
+                continue
+            present = numbers[~missing]
+            std = float(present.std()) if len(present) > 1 else 0.0
+            columns.append(NumericColumn(name, float(present.mean()) if len(present) else 0.0, std if std > 0 else 1.0))
+        return cls(tuple(columns))
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        names: list[str] = []
+        for column in self.columns:
+            if isinstance(column, NumericColumn):
+                names.append(column.name)
+            else:
+                names += [f"{column.name}={category}" for category in (*column.categories, MISSING_CATEGORY)]
+        return tuple(names)
+
+    def transform(self, header: list[str], rows: list[list[str]], source: str) -> np.ndarray:
+        """float32 (rows, features); `header` may hold more columns (ids, the target) in any order.
+
+        A feature column missing from `header`, or a word in a numeric column, is a DataError
+        naming it (and the line, counting the header as line 1).
+        """
+        position = {name: i for i, name in enumerate(header)}
+        absent = [column.name for column in self.columns if column.name not in position]
+        if absent:
+            also = f" ({len(absent)} of its columns are missing: {_listed(absent)})" if len(absent) > 1 else ""
+            raise DataError(f"{source} has no column {absent[0]!r}{also}; the model reads the columns "
+                            f"{_listed([column.name for column in self.columns])}")
+        blocks = []
+        for column in self.columns:
+            values = [row[position[column.name]] for row in rows]
+            if isinstance(column, NumericColumn):
+                blocks.append(_standardized(column, values, source)[:, None])
+            else:
+                blocks.append(_one_hot(column, values))
+        return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain JSON: {"columns": [{"name", "kind": "numeric", "mean", "std"}
+        or {"name", "kind": "categorical", "categories"}, ...]}."""
+        return {"columns": [{"name": c.name, "kind": "numeric", "mean": c.mean, "std": c.std}
+                            if isinstance(c, NumericColumn) else
+                            {"name": c.name, "kind": "categorical", "categories": list(c.categories)}
+                            for c in self.columns]}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "TableEncoder":
+        return cls(tuple(NumericColumn(c["name"], c["mean"], c["std"]) if c["kind"] == "numeric"
+                         else CategoricalColumn(c["name"], tuple(c["categories"])) for c in state["columns"]))
+
+    @classmethod
+    def identity(cls, names: list[str]) -> "TableEncoder":
+        """Numeric columns taken as they are: the encoder of a dataset whose features are already numbers."""
+        return cls(tuple(NumericColumn(name) for name in names))
 
 
 @dataclass(frozen=True)
@@ -31,50 +134,79 @@ class EncodedTable:
     feature_names: tuple[str, ...]
     targets: np.ndarray  # float32 values (regression) or int64 class indices (classification)
     classes: tuple[str, ...]  # class names in index order; empty for regression
+    encoder: TableEncoder
 
 
 def load_csv(path: str, target: str, target_kind: str = "regression", drop: list[str] | None = None,
-             test_fraction: float = 0.2, seed: int = 0) -> DataSplits:
-    """Rows of `path` as (encoded features, `target`), a test split of `test_fraction` drawn by seed."""
-    table = encode_csv(path, target, target_kind, tuple(drop or ()))
+             test_fraction: float = 0.2, seed: int = 0, encoder: Optional[dict[str, Any]] = None) -> DataSplits:
+    """Rows of `path` as (encoded features, `target`), a test split of `test_fraction` drawn by seed.
+
+    `encoder` is a fitted encoder's state to apply instead of fitting one on this file: how
+    dlrun-eval reads another labelled file exactly as the run's training rows were read.
+    `extras` holds the feature names, the class names and the encoder's state.
+    """
+    if encoder is None:
+        table = encode_csv(path, target, target_kind, tuple(drop or ()))
+    else:
+        table = _encode_with(TableEncoder.from_state(encoder), path, target, target_kind)
     dtype = torch.long if target_kind == "classification" else torch.float32
     rows = TensorSplit(torch.from_numpy(table.features), torch.from_numpy(table.targets).to(dtype))
     train, test = split_off(rows, test_fraction, seed)
     return DataSplits(train=train, test=test,
-                      extras={"feature_names": list(table.feature_names), "classes": list(table.classes)})
+                      extras={"feature_names": list(table.feature_names), "classes": list(table.classes),
+                              "encoder": table.encoder.state_dict()})
 
 
 def encode_csv(path: str, target: str, target_kind: str, drop: tuple[str, ...] = ()) -> EncodedTable:
     """Read and encode `path`; cached per file version, as the config resolvers ask too."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise DataError(f"dataset.path: CSV file {file} not found; set dataset.path to a CSV file with a header row")
+    file = _existing(path)
     stat = file.stat()
     return _encode(str(file), stat.st_mtime_ns, stat.st_size, target, target_kind, drop)
 
 
+def read_csv(path: Union[str, Path]) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows (values stripped) of a CSV file; DataError when it cannot be read."""
+    return _read_rows(_existing(str(path)))
+
+
 @functools.lru_cache(maxsize=8)
 def _encode(path: str, _mtime: int, _size: int, target: str, target_kind: str, drop: tuple[str, ...]) -> EncodedTable:
-    if target_kind not in TARGET_KINDS:
-        raise DataError(f"a CSV dataset's task must be one of: {', '.join(TARGET_KINDS)} (got {target_kind!r})")
+    _check_kind(target_kind)
     header, rows = _read_rows(Path(path))
-    if target not in header:
-        raise DataError(f"dataset.target={target!r} is not a column of {path}; columns: {', '.join(header)}")
+    _check_target(path, target, header)
     unknown = [name for name in drop if name not in header]
     if unknown:
         raise DataError(f"dataset.drop names {', '.join(unknown)}, not columns of {path}; columns: {', '.join(header)}")
-    columns = {name: [row[i] for row in rows] for i, name in enumerate(header)}
-    blocks, names = [], []
-    for name in header:
-        if name == target or name in drop:
-            continue
-        block, block_names = _encode_column(name, columns[name])
-        blocks.append(block)
-        names += block_names
-    if not blocks:
+    encoder = TableEncoder.fit(header, rows, skip=(target, *drop))
+    if not encoder.columns:
         raise DataError(f"{path} has no feature columns besides the target {target!r}")
-    targets, classes = _encode_target(path, target, columns[target], target_kind)
-    return EncodedTable(np.concatenate(blocks, axis=1).astype(np.float32), tuple(names), targets, classes)
+    targets, classes = _encode_target(path, target, [row[header.index(target)] for row in rows], target_kind)
+    return EncodedTable(encoder.transform(header, rows, path), encoder.feature_names, targets, classes, encoder)
+
+
+def _encode_with(encoder: TableEncoder, path: str, target: str, target_kind: str) -> EncodedTable:
+    _check_kind(target_kind)
+    header, rows = read_csv(path)
+    _check_target(path, target, header)
+    targets, classes = _encode_target(path, target, [row[header.index(target)] for row in rows], target_kind)
+    return EncodedTable(encoder.transform(header, rows, path), encoder.feature_names, targets, classes, encoder)
+
+
+def _existing(path: str) -> Path:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"dataset.path: CSV file {file} not found; set dataset.path to a CSV file with a header row")
+    return file
+
+
+def _check_kind(target_kind: str) -> None:
+    if target_kind not in TARGET_KINDS:
+        raise DataError(f"a CSV dataset's task must be one of: {', '.join(TARGET_KINDS)} (got {target_kind!r})")
+
+
+def _check_target(path: str, target: str, header: list[str]) -> None:
+    if target not in header:
+        raise DataError(f"dataset.target={target!r} is not a column of {path}; columns: {', '.join(header)}")
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -93,23 +225,32 @@ def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     return [name.strip() for name in header], [[value.strip() for value in row] for row in rows]
 
 
-def _encode_column(name: str, values: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Standardize a numeric column (missing → 0), or one-hot encode a categorical one (+ a missing indicator)."""
-    missing = np.array([value.lower() in MISSING for value in values])
+def _is_missing(value: str) -> bool:
+    return value.lower() in MISSING
+
+
+def _standardized(column: NumericColumn, values: list[str], source: str) -> np.ndarray:
+    missing = np.array([_is_missing(value) for value in values])
     numbers = _as_numbers(values, missing)
-    if numbers is not None:
-        present = numbers[~missing]
-        mean = present.mean() if len(present) else 0.0
-        std = present.std() if len(present) > 1 else 0.0
-        scaled = (numbers - mean) / (std if std > 0 else 1.0)
-        return np.where(missing, 0.0, scaled)[:, None], [name]
-    categories = sorted({value for value, gone in zip(values, missing) if not gone})
-    index = {category: i for i, category in enumerate(categories)}
-    width = len(categories) + int(missing.any())
-    block = np.zeros((len(values), width))
-    for row, (value, gone) in enumerate(zip(values, missing)):
-        block[row, len(categories) if gone else index[value]] = 1.0
-    return block, [f"{name}={category}" for category in categories] + ([f"{name}=<missing>"] if missing.any() else [])
+    if numbers is None:
+        line, value = next((row + 2, value) for row, value in enumerate(values)
+                           if not _is_missing(value) and _as_numbers([value], np.array([False])) is None)
+        raise DataError(f"{source} line {line}: column {column.name!r} holds {value!r}, not a number "
+                        "(the model was trained with numbers in it)")
+    return np.where(missing, 0.0, (numbers - column.mean) / column.std)
+
+
+def _one_hot(column: CategoricalColumn, values: list[str]) -> np.ndarray:
+    index = {category: i for i, category in enumerate(column.categories)}
+    unseen = len(column.categories)  # the <missing> column: missing values and categories training never saw
+    block = np.zeros((len(values), unseen + 1))
+    hot = [unseen if _is_missing(value) else index.get(value, unseen) for value in values]
+    block[np.arange(len(values)), hot] = 1.0
+    return block
+
+
+def _listed(names: list[str], shown: int = 12) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
 
 
 def _as_numbers(values: list[str], missing: np.ndarray) -> np.ndarray | None:
@@ -127,7 +268,7 @@ def _as_numbers(values: list[str], missing: np.ndarray) -> np.ndarray | None:
 
 
 def _encode_target(path: str, target: str, values: list[str], kind: str) -> tuple[np.ndarray, tuple[str, ...]]:
-    gaps = [row + 2 for row, value in enumerate(values) if value.lower() in MISSING]
+    gaps = [row + 2 for row, value in enumerate(values) if _is_missing(value)]
     if gaps:
         raise DataError(f"CSV file {path}: target {target!r} is missing on line {gaps[0]} ({len(gaps)} rows in all)")
     if kind == "classification":

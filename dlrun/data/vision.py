@@ -22,6 +22,13 @@ from dlrun.data.storage import describe_missing, files_error, missing_files
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_FILES = tuple(f"data_batch_{n}" for n in range(1, 6)) + ("test_batch",)
+# Class names in label order, as d2l writes them (folder-safe, so an image folder's classes can match them).
+CLASS_NAMES = {
+    "FashionMNIST": ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                     "ankle boot"),
+    "MNIST": tuple(str(digit) for digit in range(10)),
+    "CIFAR-10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
 
 
 def load_fashion_mnist(root: str, download: bool = True) -> DataSplits:
@@ -45,7 +52,8 @@ def load_cifar10(root: str, download: bool = True) -> DataSplits:
                           datasets.CIFAR10.url)
     train = [_read_cifar_batch(folder, name) for name in CIFAR10_FILES[:-1]]
     return DataSplits(train=TensorSplit(torch.cat([s.inputs for s in train]), torch.cat([s.targets for s in train])),
-                      test=_read_cifar_batch(folder, CIFAR10_FILES[-1]))
+                      test=_read_cifar_batch(folder, CIFAR10_FILES[-1]),
+                      extras={"classes": list(CLASS_NAMES["CIFAR-10"])})
 
 
 def _load_idx(kind: type[datasets.MNIST], root: str, download: bool) -> DataSplits:
@@ -70,7 +78,7 @@ def _load_idx(kind: type[datasets.MNIST], root: str, download: bool) -> DataSpli
         if data.data.dim() != 3 or len(data.data) != len(data.targets):
             raise files_error(name, raw, IDX_FILES, f"{len(data.data)} images but {len(data.targets)} labels")
         splits[train] = TensorSplit(data.data.unsqueeze(1).contiguous(), data.targets.long())
-    return DataSplits(train=splits[True], test=splits[False])
+    return DataSplits(train=splits[True], test=splits[False], extras={"classes": list(CLASS_NAMES[name])})
 
 
 def _extract_placed_archives(name: str, raw: Path) -> None:

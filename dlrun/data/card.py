@@ -1,0 +1,110 @@
+"""data.json: the data as a run's model sees it, written at training time and read by everything that uses the run.
+
+Evaluation, prediction and export (dlrun.evaluate, dlrun.predict, dlrun.export) need to know,
+without the training data at hand, what an input is and what an output means: the task, the
+input kind and shape, the class names, the tabular preprocessing fitted on the training file,
+a language model's vocabulary. Training writes them here, next to `.hydra/config.yaml` and the
+checkpoints; new inputs are then prepared exactly as the training inputs were.
+
+Input kinds (`inputs`):
+- `image`: (C, H, W) floats in [0, 1]: an image file is decoded at H x W with C channels
+  (dlrun.data.images.decode) and its uint8 pixels divided by 255, as every dataset's are.
+- `table`: a vector of features made from named CSV columns by `encoder` (a
+  `dlrun.data.tabular.TableEncoder` state; an identity encoder when the features are numbers already).
+- `tokens`: (T,) ids of `vocabulary["tokens"]` (a language model).
+- `sequence`: anything else ((T, F) sequences); evaluated, but not read from files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig
+
+from dlrun.data.tabular import TableEncoder
+from dlrun.errors import DataError
+from dlrun.rundir import read_json, write_json
+
+CARD_FILE = "data.json"
+INPUT_KINDS = ("image", "table", "tokens", "sequence")
+
+
+@dataclass(frozen=True)
+class DataCard:
+    task: str  # dataset.task: classification | regression | language_model | ...
+    inputs: str  # one of INPUT_KINDS
+    input_shape: list[int]  # one example, as the model takes it (no batch dimension)
+    classes: list[str] = field(default_factory=list)  # class names in output order (classification, detection)
+    encoder: Optional[dict[str, Any]] = None  # TableEncoder state (table inputs)
+    target: Optional[str] = None  # the target column of a CSV dataset
+    log_target: bool = False  # regression scored by log-RMSE; the model still predicts the target's own units
+    vocabulary: Optional[dict[str, Any]] = None  # {"tokens", "separator": "" | " ", "sample_prefix"} (token inputs)
+    dataset: str = ""  # the dataset's _target_, for messages
+
+    @classmethod
+    def from_data(cls, cfg: DictConfig, task: str, extras: dict[str, Any]) -> "DataCard":
+        """The card of a run of `cfg` whose dataset returned `extras` (class names, an encoder, a vocabulary)."""
+        dataset = cfg.dataset
+        shape = [int(size) for size in dataset.input_shape]
+        classes = [str(name) for name in extras.get("classes") or []]
+        if task == "classification" and not classes:
+            classes = [str(index) for index in range(int(dataset.num_outputs))]
+        inputs, encoder, vocabulary = _input_kind(task, shape, extras)
+        named = task in ("classification", "detection")  # outputs (or boxes) of named classes
+        return cls(task=task, inputs=inputs, input_shape=shape, classes=classes if named else [],
+                   encoder=encoder, target=dataset.get("target"), log_target=bool(dataset.get("log_target", False)),
+                   vocabulary=vocabulary, dataset=str(dataset.get("_target_", "")))
+
+    def write(self, run_dir: Path) -> None:
+        write_json(Path(run_dir) / CARD_FILE, asdict(self))
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "DataCard":
+        path = Path(run_dir) / CARD_FILE
+        try:
+            return cls(**read_json(path))
+        except (OSError, ValueError, TypeError) as error:
+            raise DataError(f"cannot read {path} ({type(error).__name__}: {error})") from None
+
+    def table_encoder(self) -> TableEncoder:
+        if self.encoder is None:
+            raise DataError(f"this model takes {self.inputs} inputs, not CSV rows")
+        return TableEncoder.from_state(self.encoder)
+
+    def describe_inputs(self) -> str:
+        """How an input is prepared, in words (the export's JSON)."""
+        if self.inputs == "image":
+            channels, height, width = self.input_shape
+            colour = "grey (1 channel)" if channels == 1 else f"RGB ({channels} channels)"
+            return (f"float32 (N, {channels}, {height}, {width}): the image decoded as {colour}, resized to "
+                    f"{height}x{width} (bilinear, whole image), pixel values / 255 in [0, 1]")
+        if self.inputs == "table":
+            return (f"float32 (N, {self.input_shape[0]}): the encoder's columns, numbers standardized with its "
+                    "mean and std (missing → 0), categories one-hot (missing or unseen → <missing>)")
+        if self.inputs == "tokens":
+            return f"int64 (N, T): ids of the vocabulary's tokens (0: <unk>); trained with T = {self.input_shape[0]}"
+        return f"float32 (N, {', '.join(map(str, self.input_shape))})"
+
+
+def write_card(run_dir: Path, cfg: DictConfig, task: str, extras: dict[str, Any]) -> None:
+    """Training's call: data.json in the run directory (rewritten by every attempt, with the same content)."""
+    DataCard.from_data(cfg, task, extras).write(run_dir)
+
+
+def _input_kind(task: str, shape: list[int],
+                extras: dict[str, Any]) -> tuple[str, Optional[dict[str, Any]], Optional[dict[str, Any]]]:
+    """(inputs, encoder state, vocabulary) from what the dataset returned."""
+    if task == "language_model":
+        tokens, separator = list(extras["tokens"]), extras["separator"]
+        prefix = separator.join(tokens[i] for i in extras.get("sample_prefix", []))
+        return "tokens", None, {"tokens": tokens, "separator": separator, "sample_prefix": prefix}
+    if "encoder" in extras:
+        return "table", extras["encoder"], None
+    if len(shape) == 1:  # numbers already (diabetes, synthetic data): CSV columns named as the dataset names them
+        names = list(extras.get("feature_names") or [f"x{i + 1}" for i in range(shape[0])])
+        return "table", TableEncoder.identity(names).state_dict(), None
+    if len(shape) == 3:
+        return "image", None, None
+    return "sequence", None, None
