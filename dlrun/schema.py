@@ -68,11 +68,13 @@ class DeviceConfig:
     type: str = "auto"
     amp: str = "off"
     channels_last: bool = False
-    compile: bool = False
+    compile: Any = "auto"  # auto | true | false (a bool from the command line, or "auto")
     compile_mode: str = "default"
     cudnn_benchmark: bool = True
     deterministic: bool = False
     num_threads: Optional[int] = None
+    # In-memory image splits held as floats at the model's input size when they fit (MiB; 0 = never).
+    float_cache_mb: float = 1024.0
 
 
 @dataclass
@@ -373,5 +375,8 @@ def _check_ranges(c: dict[str, Any]) -> None:
     for key, choices in (("amp", AMP_MODES), ("compile_mode", COMPILE_MODES)):
         if device[key] not in choices:
             raise ConfigError(f"device.{key}={device[key]!r} is not one of: {', '.join(choices)}")
+    if device["compile"] not in ("auto", True, False):
+        raise ConfigError(f"device.compile={device['compile']!r} is not one of: auto, true, false")
+    require(device["float_cache_mb"] >= 0, "device.float_cache_mb", device["float_cache_mb"], "must be >= 0 (0 = off)")
     threads = device["num_threads"]
     require(threads is None or threads >= 1, "device.num_threads", threads, "must be >= 1 or null")

@@ -25,6 +25,7 @@ from torch import nn
 
 from dlrun import checkpoint, hparams, logs
 from dlrun.checkpoint import EpochPosition
+from dlrun.compiling import CompileSwitch, compile_report, compile_seconds, sync_clock
 from dlrun.data import Loader, build_data
 from dlrun.device import configure_backends, prepare_model, select_device
 from dlrun.errors import DlrunError
@@ -166,9 +167,11 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
             position = progress.position or EpochPosition.start(epoch, data.train, progress.global_step, device)
             progress.position = None
             saver.before_steps(position)
+            compiled_before = compile_seconds(net)
             train_metrics = train_one_epoch(net, data.train, task, optimizer, scheduler, precision, grad_clip,
                                             penalty, epoch, epochs, position=position, on_step=saver.after_step)
-            training_seconds = position.seconds_so_far()  # train_one_epoch ends with a host sync
+            compile_s = compile_seconds(net) - compiled_before  # reported apart: throughput excludes it
+            training_seconds = position.seconds_so_far() - compile_s  # train_one_epoch ends with a host sync
             saver.start_validation(position)
             val_metrics = (evaluate(net, data.val, task, precision, on_batch=saver.during_validation)
                            if validating else {})
@@ -176,7 +179,7 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
             history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
                        "lr": optimizer.param_groups[0]["lr"],
                        "examples_per_sec": examples_per_sec, **task.speed_metrics(examples_per_sec),
-                       "epoch_time_s": position.seconds_so_far()}
+                       "epoch_time_s": position.seconds_so_far(), **({"compile_s": compile_s} if compile_s else {})}
             if scheduler is not None and scheduler.interval == "epoch":
                 scheduler.step(history)
             metrics_log.write(epoch, history)
@@ -224,6 +227,7 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
         "device": str(device),
         "model": {"params": summary.total_params, "flops_per_example": summary.flops},
         "resumed_from": progress.resumed_from,
+        "compile": compile_report(net),  # null when device.compile=false
         "environment": environment(),
     }
     write_json(run_dir / SUMMARY_FILE, summary_data)
@@ -255,8 +259,15 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
         position = EpochPosition.start(epoch, loader, 0, device)
     elif position.carried is not None:
         task.restore_carried_state(position.carried)
+    switch = model if isinstance(model, CompileSwitch) else None
+    if switch is not None:  # device.compile=auto decides here, for the steps left in the run
+        switch.before_epoch(loader, (epochs - epoch + 1) * len(loader) - position.step)
+    first_step, compiled_before, started = position.step, compile_seconds(model), sync_clock(device)
     batches = loader.batches(position.order, start=position.step)
     for inputs, targets in logs.with_progress(batches, len(loader) - position.step, f"epoch {epoch}/{epochs}"):
+        compiling = switch is not None and switch.compiles_on(inputs)
+        if compiling:  # this step's time is compile time, reported apart from training time
+            compile_started = sync_clock(device)
         with precision.autocast():
             outputs = task.forward(model, inputs, targets)
             loss = task.loss(outputs, targets)
@@ -267,10 +278,15 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
         if scheduler is not None and scheduler.interval == "step":
             scheduler.step()
         position.advance(objective.detach(), task.batch_stats(outputs.detach(), targets, loss.detach()))
+        if compiling:
+            switch.compiled_step(sync_clock(device) - compile_started)
         if on_step is not None:
             on_step(position)
     check_finite(position)
-    return task.metrics(position.sums.tolist())
+    metrics = task.metrics(position.sums.tolist())  # a host sync: the epoch's work is done
+    if switch is not None:
+        switch.after_epoch(position.step - first_step, time.perf_counter() - started - (switch.compile_seconds - compiled_before))
+    return metrics
 
 
 @torch.no_grad()
