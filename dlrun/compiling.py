@@ -163,6 +163,7 @@ class CompileSwitch(nn.Module):
         self._compiled: Optional[Any] = None  # kept out of the module tree: the weights are `model`'s
         self._signature: Optional[str] = None
         self._shapes: set[tuple[Any, ...]] = set()
+        self._compiled_steps = 0
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.training and self._compiled is not None:
@@ -188,7 +189,9 @@ class CompileSwitch(nn.Module):
         if self.decision.compile:
             use_inductor_cache()
             self.compile_cache = "warm" if estimate.compile_s is not None else "cold"
+            started = time.perf_counter()  # the first torch.compile imports Dynamo and Inductor: seconds
             self._compiled = torch.compile(self.model, mode=self.mode)
+            self.compile_seconds += time.perf_counter() - started
 
     def compiles_on(self, inputs: Any) -> bool:
         """Whether this training step will compile: a compiled model meeting a new batch shape."""
@@ -202,10 +205,11 @@ class CompileSwitch(nn.Module):
 
     def compiled_step(self, seconds: float) -> None:
         """A step that compiled took `seconds` (its compute is a negligible part)."""
-        first = self.compile_seconds == 0.0
+        first = not self._compiled_steps
+        self._compiled_steps += 1
         self.compile_seconds += seconds
-        if first:
-            log.info("compiled in %.1f s (%s Inductor cache in %s)", seconds, self.compile_cache,
+        if first:  # with the setup before the first step
+            log.info("compiled in %.1f s (%s Inductor cache in %s)", self.compile_seconds, self.compile_cache,
                      os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
         else:
             log.info("recompiled for a new batch shape in %.1f s", seconds)

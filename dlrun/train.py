@@ -285,8 +285,9 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
             on_step(position)
     check_finite(position)
     metrics = task.metrics(position.sums.tolist())  # a host sync: the epoch's work is done
-    if switch is not None:
-        switch.after_epoch(position.step - first_step, time.perf_counter() - started - (switch.compile_seconds - compiled_before))
+    if switch is not None:  # this epoch's step time, for later compile decisions
+        compiling_s = switch.compile_seconds - compiled_before
+        switch.after_epoch(position.step - first_step, time.perf_counter() - started - compiling_s)
     return metrics
 
 
