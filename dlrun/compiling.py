@@ -160,7 +160,7 @@ class CompileSwitch(nn.Module):
         self.decision: Optional[Decision] = None
         self.compile_seconds = 0.0  # in this process, all compiles together
         self.compile_cache = ""  # "cold" or "warm": whether this signature was compiled here before
-        self._compiled: Optional[Any] = None  # kept out of the module tree: the weights are `model`'s
+        self._compiled: Optional[Any] = None  # kept out of the module tree (see before_epoch)
         self._signature: Optional[str] = None
         self._shapes: set[tuple[Any, ...]] = set()
         self._compiled_steps = 0
@@ -190,7 +190,8 @@ class CompileSwitch(nn.Module):
             use_inductor_cache()
             self.compile_cache = "warm" if estimate.compile_s is not None else "cold"
             started = time.perf_counter()  # the first torch.compile imports Dynamo and Inductor: seconds
-            self._compiled = torch.compile(self.model, mode=self.mode)
+            # Set through __dict__: as a submodule it would put a second copy of the weights in state_dict().
+            self.__dict__["_compiled"] = torch.compile(self.model, mode=self.mode)
             self.compile_seconds += time.perf_counter() - started
 
     def compiles_on(self, inputs: Any) -> bool:
