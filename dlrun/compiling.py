@@ -165,6 +165,13 @@ class CompileSwitch(nn.Module):
         self._shapes: set[tuple[Any, ...]] = set()
         self._compiled_steps = 0
 
+    def __getattr__(self, name: str) -> Any:
+        """The model's own attributes (layers, methods a task calls) read through the wrapper."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("model"), name)
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.training and self._compiled is not None:
             return self._compiled(*args, **kwargs)
