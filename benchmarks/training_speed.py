@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="add compiled columns (and compile cold/warm)")
     parser.add_argument("--compile-mode", default="default")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for every loop (device.num_threads; 1 is steadier on a busy machine)")
     parser.add_argument("--save", action="store_true", help="write the table under benchmarks/results/")
     parser.add_argument("--compile-probe", help=argparse.SUPPRESS)  # internal: one compile in a fresh process
     args = parser.parse_args()
@@ -100,6 +102,8 @@ def main() -> None:
         return
 
     device = torch.device(args.device)
+    if args.threads:  # before the title names the thread count (configure_backends sets it again per workload)
+        torch.set_num_threads(args.threads)
     default = "lenet,mlp,softmax,resnet96,resnet32" if device.type == "cuda" else "lenet,mlp,softmax,resnet32"
     names = (args.workloads or default).split(",")
     peak = bf16_matmul_peak(device) if device.type == "cuda" else None
@@ -209,7 +213,8 @@ def compiled_cells(workload: Workload, device: torch.device, row: dict, args: ar
 def compile_in_fresh_process(workload: Workload, device: torch.device, args: argparse.Namespace,
                              cache: str) -> float:
     command = [sys.executable, __file__, "--compile-probe", workload.name, "--device", device.type,
-               "--amp", args.amp, "--compile-mode", args.compile_mode, *(["--channels-last"] * args.channels_last)]
+               "--amp", args.amp, "--compile-mode", args.compile_mode, *(["--channels-last"] * args.channels_last),
+               *(["--threads", str(args.threads)] if args.threads else [])]
     environment = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "DLRUN_COMPILE_CACHE": cache}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=1200, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["compile_s"]
@@ -265,7 +270,8 @@ def composed(workload: Workload, args: argparse.Namespace):
     # The digits config only supplies shapes here: resizing it gives the model this input size.
     overrides = [*workload.overrides, f"dataset.resize={workload.size}", f"device.type={args.device}", f"device.amp={args.amp}",
                  f"device.channels_last={str(args.channels_last).lower()}",
-                 "device.compile=false", f"device.compile_mode={args.compile_mode}"]
+                 "device.compile=false", f"device.compile_mode={args.compile_mode}",
+                 f"device.num_threads={args.threads if args.threads else 'null'}"]
     with initialize_config_module(version_base="1.3", config_module="dlrun.conf"):
         return validate(compose(config_name="config", overrides=overrides))
 
