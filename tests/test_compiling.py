@@ -14,9 +14,11 @@ import time
 import pytest
 from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-from conftest import read_json
+from conftest import compose_config, read_json
 from dlrun import compiling
 from dlrun.compiling import Estimate, StepTimes, decide, steps_to_pay
+from dlrun.errors import ConfigError
+from dlrun.schema import validate
 from dlrun.train import run
 
 SMOKE = ("model=mlp", "device=cpu", "optimizer=sgd", "trainer.batch_size=32", "trainer.limit_batches=12")
@@ -120,3 +122,8 @@ def _slow_first_call_compile(model, mode="default"):
 
 def _metric_lines(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_an_unknown_compile_value_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"device.compile='sometimes' is not one of: auto, true, false"):
+        validate(compose_config("device.compile=sometimes"))
