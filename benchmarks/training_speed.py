@@ -9,9 +9,15 @@ initial weights), on the same synthetic data, with the same optimizer and batch 
     python benchmarks/training_speed.py --device cuda --amp bf16 --channels-last --save
     python benchmarks/training_speed.py --workloads lenet --compile --compile-mode reduce-overhead
 
-Figures to reach (issue 7): CPU LeNet >= 1.0x, MLP and softmax >= 1.5x; GPU LeNet and MLP >= 3x,
-LeNet >= 500,000 examples/s on an H100-class GPU, ResNet-18 at 96 px (bf16 + channels_last)
->= 25 % of the measured bf16 matmul peak.
+With --compile, dlrun's path also runs compiled (device.compile=true through dlrun.compiling):
+the table adds its epoch throughput, the compile seconds with a cold and with a warm Inductor
+cache (each measured in a fresh process, as a new run would see them), and the run length in
+steps from which compiling pays (what device.compile=auto estimates).
+
+Figures to reach (issues 7 and 16): CPU eager LeNet >= 1.0x, MLP and softmax >= 1.5x, compiled
+LeNet >= 1.5x, warm-cache compile <= 1/3 of cold; GPU LeNet and MLP >= 3x, LeNet >= 500,000
+examples/s on an H100-class GPU, ResNet-18 at 96 px (bf16 + channels_last) >= 25 % of the
+measured bf16 matmul peak.
 """
 
 from __future__ import annotations
@@ -19,7 +25,12 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import json
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +45,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import dlrun  # noqa: F401  (registers the config resolvers)
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
+from dlrun.compiling import CompileSwitch, Estimate, steps_to_pay
 from dlrun.device import channels_last_transform, configure_backends, prepare_model
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
@@ -57,10 +69,11 @@ class Workload:
     examples: int  # per epoch
     target_cpu: float | None = None  # ratio dlrun / plain loop to reach
     target_gpu: float | None = None
+    target_compiled_cpu: float | None = None
 
 
 WORKLOADS = {
-    "lenet": Workload("lenet", ["model=lenet"], 28, 256, 0.9, 60_000, 1.0, 3.0),
+    "lenet": Workload("lenet", ["model=lenet"], 28, 256, 0.9, 60_000, 1.0, 3.0, 1.5),
     "mlp": Workload("mlp", ["model=mlp"], 28, 256, 0.1, 60_000, 1.5, 3.0),
     "softmax": Workload("softmax", ["model=softmax"], 28, 256, 0.1, 60_000, 1.5, None),
     "resnet96": Workload("resnet96", ["model=resnet"], 96, 256, 0.05, 60_000),
@@ -77,18 +90,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per loop; the best counts")
     parser.add_argument("--amp", default="off", choices=list(AMP_DTYPES))
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="add compiled columns (and compile cold/warm)")
     parser.add_argument("--compile-mode", default="default")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for every loop (device.num_threads; 1 is steadier on a busy machine)")
     parser.add_argument("--save", action="store_true", help="write the table under benchmarks/results/")
+    parser.add_argument("--compile-probe", help=argparse.SUPPRESS)  # internal: one compile in a fresh process
     args = parser.parse_args()
+    if args.compile_probe:
+        print(json.dumps({"compile_s": compile_probe(WORKLOADS[args.compile_probe], torch.device(args.device), args)}))
+        return
 
     device = torch.device(args.device)
+    if args.threads:  # before the title names the thread count (configure_backends sets it again per workload)
+        torch.set_num_threads(args.threads)
     default = "lenet,mlp,softmax,resnet96,resnet32" if device.type == "cuda" else "lenet,mlp,softmax,resnet32"
     names = (args.workloads or default).split(",")
     peak = bf16_matmul_peak(device) if device.type == "cuda" else None
 
     table = Table(title=f"training throughput, {describe(device)}, torch {torch.__version__}")
-    for column in ("workload", "batch", "dlrun ex/s", "plain ex/s", "ratio", "target", "% bf16 peak"):
+    columns = ["workload", "batch", "plain ex/s", "eager ex/s", "eager ratio", "target"]
+    if args.compile:
+        columns += ["compiled ex/s", "compiled ratio", "target", "compile s cold/warm", "pays from (steps)"]
+    for column in [*columns, *(["% bf16 peak"] if peak else [])]:
         table.add_column(column, justify="right" if column != "workload" else "left")
     for name in names:
         workload = WORKLOADS[name]
@@ -96,11 +120,15 @@ def main() -> None:
         row = measure(workload, device, steps, args)
         target = workload.target_gpu if device.type == "cuda" else workload.target_cpu
         fraction = (f"{100 * row['flops_per_s'] / peak:.1f} %" if peak else "")
-        table.add_row(name, str(workload.batch_size), f"{row['dlrun']:,.0f}", f"{row['plain']:,.0f}",
-                      f"{row['dlrun'] / row['plain']:.2f}x", f">= {target}x" if target else "", fraction)
-    console = Console(record=True)
+        cells = [name, str(workload.batch_size), f"{row['plain']:,.0f}", f"{row['dlrun']:,.0f}",
+                 f"{row['dlrun'] / row['plain']:.2f}x", f">= {target}x" if target else ""]
+        if args.compile:
+            cells += compiled_cells(workload, device, row, args)
+        table.add_row(*cells, *([fraction] if peak else []))
+    console = Console(record=True, width=200)
     console.print(table)
-    settings = f"amp={args.amp} channels_last={args.channels_last} compile={args.compile}({args.compile_mode})"
+    settings = (f"amp={args.amp} channels_last={args.channels_last} compile_mode={args.compile_mode}; "
+                f"machine load (1-min average) before/after: {LOAD_BEFORE:.1f}/{os.getloadavg()[0]:.1f}")
     console.print(settings + (f"; measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s" if peak else ""))
     if args.save:
         save(console, device)
@@ -118,7 +146,7 @@ def measure(workload: Workload, device: torch.device, steps: int | None, args: a
     batches = steps or -(-workload.examples // workload.batch_size)
 
     dlrun_model = copy.deepcopy(model).to(device)
-    net = prepare_model(dlrun_model, cfg.device)
+    net = prepare_model(dlrun_model, cfg.device)  # device.compile=false: the eager path
     optimizer = torch.optim.SGD(dlrun_model.parameters(), lr=workload.lr)
     precision = Precision(args.amp, device)
     loader = TensorLoader(TensorSplit(images, labels).to(device), workload.batch_size, shuffle=True,
@@ -132,17 +160,28 @@ def measure(workload: Workload, device: torch.device, steps: int | None, args: a
     def dlrun_epoch() -> None:
         train_one_epoch(net, loader, task, optimizer, None, precision, None, None, 1, 1, on_step=saver.after_step)
 
+    compiled_model = copy.deepcopy(model).to(device)
+    if args.channels_last:
+        compiled_model.to(memory_format=torch.channels_last)
+    compiled_net = CompileSwitch(compiled_model, True, args.compile_mode, "benchmark")
+    compiled_net.times.update = lambda *a, **k: None  # the benchmark's epochs are not a user's measurements
+    compiled_optimizer = torch.optim.SGD(compiled_model.parameters(), lr=workload.lr)
+
+    def compiled_epoch() -> None:
+        train_one_epoch(compiled_net, loader, task, compiled_optimizer, None, precision, None, None, 1, 1,
+                        on_step=saver.after_step)
+
     plain_model = copy.deepcopy(model).to(device)
     if args.channels_last:
         plain_model.to(memory_format=torch.channels_last)
-    plain_net = torch.compile(plain_model, mode=args.compile_mode) if args.compile else plain_model
+    plain_net = plain_model  # d2l's loop is eager
     plain_optimizer = torch.optim.SGD(plain_model.parameters(), lr=workload.lr)
     plain_loader = DataLoader(TensorDataset(images, labels), batch_size=workload.batch_size, shuffle=True)
 
     def plain_epoch() -> None:
         plain_loop(plain_net, plain_loader, plain_optimizer, device, batches, args)
 
-    loops = {"plain": plain_epoch, "dlrun": dlrun_epoch}
+    loops = {"plain": plain_epoch, "dlrun": dlrun_epoch, **({"compiled": compiled_epoch} if args.compile else {})}
     for epoch in loops.values():
         epoch()  # warm-up: allocator, cuDNN autotuning, compilation
     # Alternate the loops and keep each one's best time, so load from other processes
@@ -154,7 +193,50 @@ def measure(workload: Workload, device: torch.device, steps: int | None, args: a
     examples = min(batches * workload.batch_size, workload.examples)
     results = {label: examples / seconds for label, seconds in best.items()}
     results["flops_per_s"] = 3 * flops * results["dlrun"]  # forward + backward ~ 3x forward
+    results["batches"] = batches
     return results
+
+
+def compiled_cells(workload: Workload, device: torch.device, row: dict, args: argparse.Namespace) -> list[str]:
+    """Compiled throughput and ratio, compile seconds (cold, then warm: two fresh processes, one
+    Inductor cache), and the steps from which compiling pays with the warm cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        cold, warm = (compile_in_fresh_process(workload, device, args, cache) for _ in range(2))
+    examples_per_step = min(row["batches"] * workload.batch_size, workload.examples) / row["batches"]
+    estimate = Estimate(examples_per_step / row["dlrun"], examples_per_step / row["compiled"], warm)
+    pays = steps_to_pay(estimate)
+    target = workload.target_compiled_cpu if device.type == "cpu" else None
+    return [f"{row['compiled']:,.0f}", f"{row['compiled'] / row['plain']:.2f}x", f">= {target}x" if target else "",
+            f"{cold:.1f} / {warm:.1f}", f"{pays:,.0f}" if pays else "never"]
+
+
+def compile_in_fresh_process(workload: Workload, device: torch.device, args: argparse.Namespace,
+                             cache: str) -> float:
+    command = [sys.executable, __file__, "--compile-probe", workload.name, "--device", device.type,
+               "--amp", args.amp, "--compile-mode", args.compile_mode, *(["--channels-last"] * args.channels_last),
+               *(["--threads", str(args.threads)] if args.threads else [])]
+    environment = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "DLRUN_COMPILE_CACHE": cache}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=1200, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["compile_s"]
+
+
+def compile_probe(workload: Workload, device: torch.device, args: argparse.Namespace) -> float:
+    """Seconds dlrun's first compiled steps took (compile time) in this process, as in a run."""
+    cfg = composed(workload, args)
+    configure_backends(cfg.device)
+    torch.manual_seed(0)
+    images = torch.rand(4 * workload.batch_size, 1, workload.size, workload.size)
+    labels = torch.randint(0, 10, (len(images),))
+    model = build_model(cfg.model).to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    net = CompileSwitch(model, True, args.compile_mode, "benchmark")
+    net.times.update = lambda *a, **k: None
+    loader = TensorLoader(TensorSplit(images, labels).to(device), workload.batch_size, shuffle=False,
+                          transform=channels_last_transform(args.channels_last))
+    optimizer = torch.optim.SGD(model.parameters(), lr=workload.lr)
+    train_one_epoch(net, loader, Classification(), optimizer, None, Precision(args.amp, device), None, None, 1, 1)
+    return net.compile_seconds
 
 
 def plain_loop(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, device: torch.device,
@@ -181,11 +263,15 @@ def plain_loop(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimi
         seen += len(y)
 
 
+LOAD_BEFORE = os.getloadavg()[0]
+
+
 def composed(workload: Workload, args: argparse.Namespace):
     # The digits config only supplies shapes here: resizing it gives the model this input size.
     overrides = [*workload.overrides, f"dataset.resize={workload.size}", f"device.type={args.device}", f"device.amp={args.amp}",
                  f"device.channels_last={str(args.channels_last).lower()}",
-                 f"device.compile={str(args.compile).lower()}", f"device.compile_mode={args.compile_mode}"]
+                 "device.compile=false", f"device.compile_mode={args.compile_mode}",
+                 f"device.num_threads={args.threads if args.threads else 'null'}"]
     with initialize_config_module(version_base="1.3", config_module="dlrun.conf"):
         return validate(compose(config_name="config", overrides=overrides))
 

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from dlrun.compiling import CompileSwitch
 from dlrun.errors import ConfigError
 
 log = logging.getLogger("dlrun")
@@ -85,12 +86,15 @@ def configure_backends(device_cfg: DictConfig, processes_here: int = 1) -> None:
 
 
 def prepare_model(model: nn.Module, device_cfg: DictConfig) -> nn.Module:
-    """Memory format and compilation. Returns the module to call; `model` keeps the weights to save."""
+    """Memory format and compilation (dlrun.compiling). Returns the module to call; `model` keeps the weights to save."""
     if device_cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    if device_cfg.compile:
-        return torch.compile(model, mode=device_cfg.compile_mode)
-    return model
+    if device_cfg.compile is False:
+        return model
+    # compile=true or auto: dlrun.compiling compiles the training step (auto: when it pays) and times it.
+    settings = (f"{next(model.parameters(), torch.empty(0)).device.type} amp={device_cfg.amp} "
+                f"channels_last={device_cfg.channels_last} threads={torch.get_num_threads()}")
+    return CompileSwitch(model, device_cfg.compile, device_cfg.compile_mode, settings)
 
 
 def channels_last_transform(enabled: bool) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:

@@ -70,7 +70,7 @@ class DeviceConfig:
     type: str = "auto"
     amp: str = "off"
     channels_last: bool = False
-    compile: bool = False
+    compile: Any = "auto"  # auto | true | false (a bool from the command line, or "auto")
     compile_mode: str = "default"
     cudnn_benchmark: bool = True
     deterministic: bool = False
@@ -79,6 +79,8 @@ class DeviceConfig:
     # and how long a process waits for the others at an exchange before the run fails.
     sync_batchnorm: bool = False
     dist_timeout_min: float = 30.0
+    # In-memory image splits held as floats at the model's input size when they fit (MiB; 0 = never).
+    float_cache_mb: float = 1024.0
 
 
 @dataclass
@@ -379,6 +381,9 @@ def _check_ranges(c: dict[str, Any]) -> None:
     for key, choices in (("amp", AMP_MODES), ("compile_mode", COMPILE_MODES)):
         if device[key] not in choices:
             raise ConfigError(f"device.{key}={device[key]!r} is not one of: {', '.join(choices)}")
+    if device["compile"] not in ("auto", True, False):
+        raise ConfigError(f"device.compile={device['compile']!r} is not one of: auto, true, false")
+    require(device["float_cache_mb"] >= 0, "device.float_cache_mb", device["float_cache_mb"], "must be >= 0 (0 = off)")
     threads = device["num_threads"]
     require(threads is None or threads >= 1, "device.num_threads", threads, "must be >= 1 or null")
     timeout = device["dist_timeout_min"]

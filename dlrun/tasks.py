@@ -12,6 +12,7 @@ forecasts and their figure).
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -98,9 +99,8 @@ class Classification(Task):
 
     def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """[loss x examples, correct predictions, examples]."""
-        count = outputs.new_full((), len(targets), dtype=torch.float32)  # a fill, not a host-to-device copy
-        correct = (outputs.argmax(dim=-1) == targets).sum().float()
-        return torch.stack([loss.float() * count, correct, count])
+        correct = (outputs.argmax(dim=-1) == targets).sum(dtype=torch.float32)
+        return torch.stack([_as_float32(loss) * len(targets), correct, _count(len(targets), outputs.device)])
 
     def metrics(self, stats: list[float]) -> dict[str, float]:
         loss_sum, correct, count = stats
@@ -141,12 +141,11 @@ class Regression(Task):
 
     def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """[loss x examples, squared log errors (0 without log_target), examples]."""
-        count = outputs.new_full((), len(targets), dtype=torch.float32)  # a fill, not a host-to-device copy
-        log_errors = outputs.new_zeros(())
+        log_errors = _count(0, outputs.device)
         if self.log_target:
             predictions = outputs.float().reshape(targets.shape).clamp(min=1)
             log_errors = (predictions.log() - targets.float().log()).square().sum()
-        return torch.stack([loss.float() * count, log_errors.float(), count])
+        return torch.stack([_as_float32(loss) * len(targets), log_errors.float(), _count(len(targets), outputs.device)])
 
     def metrics(self, stats: list[float]) -> dict[str, float]:
         loss_sum, log_errors, count = stats
@@ -219,8 +218,7 @@ class LanguageModel(Task):
 
     def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """[loss x tokens, tokens]."""
-        count = outputs.new_full((), targets.numel(), dtype=torch.float32)  # a fill, not a host-to-device copy
-        return torch.stack([loss.float() * count, count])
+        return torch.stack([_as_float32(loss) * targets.numel(), _count(targets.numel(), outputs.device)])
 
     def metrics(self, stats: list[float]) -> dict[str, float]:
         loss_sum, count = stats
@@ -378,3 +376,16 @@ TASKS: dict[str, type[Task]] = {"classification": Classification, "regression": 
 def build_task(cfg: DictConfig, data: "Data") -> Task:
     """The task `dataset.task` names, configured from the run's config and data (log_target, a vocabulary)."""
     return TASKS[data.task].from_config(cfg, data)
+
+
+# Per-batch statistics run after every training step: for small models their few tensor operations
+# are a measurable share of the step (benchmarks/README.md), so each one counts.
+@functools.lru_cache(maxsize=64)
+def _count(examples: int, device: torch.device) -> torch.Tensor:
+    """A float32 scalar holding `examples`, made once per batch size and device (no per-step fill or copy)."""
+    return torch.full((), examples, dtype=torch.float32, device=device)
+
+
+def _as_float32(loss: torch.Tensor) -> torch.Tensor:
+    """`loss` in float32 (autocast may give bf16/fp16), without a call when it already is."""
+    return loss if loss.dtype == torch.float32 else loss.float()

@@ -25,6 +25,7 @@ from torch import nn
 from dlrun import checkpoint, hparams, logs
 from dlrun.attempt import in_multirun, planned_epochs, run_attempt
 from dlrun.checkpoint import EpochPosition
+from dlrun.compiling import CompileSwitch, compile_report, compile_seconds, sync_clock
 from dlrun.curves import write_run_curves
 from dlrun.data import Loader, build_data
 from dlrun.data.card import write_card
@@ -150,10 +151,12 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
             position = progress.position or EpochPosition.start(epoch, data.train, progress.global_step, device)
             progress.position = None
             saver.before_steps(position)
+            compiled_before = compile_seconds(net)
             train_metrics = train_one_epoch(train_net, data.train, task, optimizer, scheduler, precision, grad_clip,
                                             penalty, epoch, epochs, position=position, on_step=saver.after_step,
                                             ranks=ranks, grad_norms=grad_norms)
-            training_seconds = position.seconds_so_far()  # train_one_epoch ends with a host sync
+            compile_s = compile_seconds(net) - compiled_before  # reported apart: throughput excludes it
+            training_seconds = position.seconds_so_far() - compile_s  # train_one_epoch ends with a host sync
             saver.start_validation(position)
             ranks.sync_buffers(model)  # every process validates with rank 0's BatchNorm statistics
             val_metrics = (evaluate(net, data.val, task, precision, on_batch=saver.during_validation, ranks=ranks)
@@ -162,7 +165,7 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
             history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
                        "lr": optimizer.param_groups[0]["lr"],
                        "examples_per_sec": examples_per_sec, **task.speed_metrics(examples_per_sec),
-                       "epoch_time_s": position.seconds_so_far()}
+                       "epoch_time_s": position.seconds_so_far(), **({"compile_s": compile_s} if compile_s else {})}
             if scheduler is not None and scheduler.interval == "epoch":
                 scheduler.step(history)
             metrics_log.write(epoch, history)
@@ -218,6 +221,7 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
         "batch_size_per_rank": cfg.trainer.batch_size // ranks.world,
         "model": {"params": summary.total_params, "flops_per_example": summary.flops},
         "resumed_from": progress.resumed_from,
+        "compile": compile_report(net),  # null when device.compile=false
         "environment": environment(),
     }
     if ranks.is_main:
@@ -257,9 +261,18 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
         position = EpochPosition.start(epoch, loader, 0, device)
     elif position.carried is not None:
         task.restore_carried_state(position.carried)
+    # device.compile's switch, inside DDP's wrapper on several processes
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    switch = inner if isinstance(inner, CompileSwitch) else None
+    if switch is not None:  # device.compile=auto decides here, for the steps left in the run
+        switch.before_epoch(loader, (epochs - epoch + 1) * len(loader) - position.step)
+    first_step, compiled_before, started = position.step, compile_seconds(inner), sync_clock(device)
     batches = loader.batches(position.order, start=position.step)
     for inputs, targets in logs.with_progress(batches, len(loader) - position.step, f"epoch {epoch}/{epochs}"):
         scale = loader.loss_scale(position.step)  # 1, except on several processes for a last, uneven batch
+        compiling = switch is not None and switch.compiles_on(inputs)
+        if compiling:  # this step's time is compile time, reported apart from training time
+            compile_started = sync_clock(device)
         with precision.autocast():
             outputs = task.forward(model, inputs, targets)
             loss = task.loss(outputs, targets)
@@ -273,13 +286,20 @@ def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: tor
         precision.step(optimizer, model.parameters(), grad_clip)
         if scheduler is not None and scheduler.interval == "step":
             scheduler.step()
-        stats = task.batch_stats(outputs.detach(), targets, loss.detach())
-        position.advance(objective.detach(), stats if scale else torch.zeros_like(stats))  # a placeholder counts 0
+        with torch.no_grad():  # bookkeeping on the device: cheaper than three detached copies
+            stats = task.batch_stats(outputs, targets, loss)
+            position.advance(objective, stats if scale else torch.zeros_like(stats))  # a placeholder counts 0
+        if compiling:
+            switch.compiled_step(sync_clock(device) - compile_started)
         if on_step is not None:
             on_step(position)
     totals = ranks.totals(position)  # one all-reduce of the epoch's sums and step losses (none in one process)
     check_finite(totals)
-    return task.metrics(totals.sums.tolist())
+    metrics = task.metrics(totals.sums.tolist())  # a host sync: the epoch's work is done
+    if switch is not None:  # this epoch's step time, for later compile decisions
+        compiling_s = switch.compile_seconds - compiled_before
+        switch.after_epoch(position.step - first_step, time.perf_counter() - started - compiling_s)
+    return metrics
 
 
 @torch.no_grad()

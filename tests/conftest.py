@@ -23,9 +23,11 @@ def compose_config(*overrides: str) -> DictConfig:
 
 @pytest.fixture(autouse=True)
 def decode_cache_in_tmp(tmp_path_factory, monkeypatch):
-    """Image folders' decode caches go to a fresh temporary folder (for subprocesses too), never ~/.cache."""
+    """Decode caches and compile caches go to fresh temporary folders (for subprocesses too), never ~/.cache."""
     folder = tmp_path_factory.mktemp("decode_cache")
     monkeypatch.setenv("DLRUN_CACHE", str(folder))
+    # Step times and compiled kernels (dlrun.compiling) too: every test decides compile=auto afresh.
+    monkeypatch.setenv("DLRUN_COMPILE_CACHE", str(tmp_path_factory.mktemp("compile_cache")))
     return folder
 
 
@@ -65,7 +67,7 @@ def only_run_dir(root: Path) -> Path:
 
 
 # Metrics that measure time, not training: they differ between any two runs, exact or not.
-TIMINGS = ("examples_per_sec", "tokens_per_sec", "epoch_time_s", "run/duration_s")
+TIMINGS = ("examples_per_sec", "tokens_per_sec", "epoch_time_s", "compile_s", "run/duration_s")
 
 
 def untimed(metrics: dict) -> dict:

@@ -8,6 +8,7 @@ In-memory splits (`TensorSplit`) move to the training device and are batched the
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 
@@ -16,13 +17,14 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from dlrun.data.files import FileLoader, FileSplit
-from dlrun.data.loader import BatchTransform, TensorLoader, compose
+from dlrun.data.loader import BatchTransform, TensorLoader, compose, prepare_split, prepared_bytes
 from dlrun.data.shard import Shard
 from dlrun.data.splits import DataSplits, TensorSplit, fold_split, split_off
 from dlrun.data.augment import AUGMENTS, build_augment
 from dlrun.device import channels_last_transform
 from dlrun.schema import instantiate_group
 
+log = logging.getLogger("dlrun")
 Loader = Union[TensorLoader, FileLoader]
 
 
@@ -66,6 +68,10 @@ def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.G
     limit = _smallest(cfg.trainer.limit_batches, cfg.debug.limit_batches)
     # Every batch becomes floats at the model's size; train-only augmentation goes after that.
     prepare = compose(_to_float(parts["train"]), _resize_transform(list(dataset.input_shape), parts["train"]))
+    # When the prepared (float) inputs fit device.float_cache_mb, each split is prepared once, as it
+    # is loaded, and no batch is converted or resized: a memory-for-time trade (benchmarks/README.md).
+    prepare_whole_splits = prepare is not None and _fits_float_cache(parts, prepare, cfg.device.float_cache_mb)
+    batch_prepare = None if prepare_whole_splits else prepare
     regularization = cfg.regularization
     augment, box_augment = None, None
     if dataset.task == "detection":  # boxes move with the pixels: inputs and targets change together
@@ -82,8 +88,8 @@ def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.G
                                 crop_in_workers=streamed)
     # The memory format comes last: augmentations build new (contiguous NCHW) tensors.
     to_channels_last = channels_last_transform(cfg.device.channels_last)
-    eval_transform = compose(prepare, to_channels_last)
-    train_transform = compose(prepare, augment, to_channels_last)
+    eval_transform = compose(batch_prepare, to_channels_last)
+    train_transform = compose(batch_prepare, augment, to_channels_last)
     batch_size = cfg.trainer.batch_size
 
     def loader(part: Union[TensorSplit, FileSplit], training: bool) -> Loader:
@@ -96,7 +102,10 @@ def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.G
             return FileLoader(part, batch_size, device=device, training=training, shuffle=shuffle,
                               generator=generator, limit_batches=limit, transform=transform,
                               pair_transform=pair_transform, shard=part_shard)
-        return TensorLoader(part.to(device), batch_size, shuffle=shuffle, streams=splits.sequential,
+        part = part.to(device)
+        if prepare_whole_splits:
+            part = prepare_split(part, prepare)
+        return TensorLoader(part, batch_size, shuffle=shuffle, streams=splits.sequential,
                             generator=generator, limit_batches=limit, transform=transform,
                             pair_transform=pair_transform, shard=part_shard)
 
@@ -113,6 +122,19 @@ def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.G
 def _smallest(*limits: Optional[int]) -> Optional[int]:
     given = [limit for limit in limits if limit is not None]
     return min(given) if given else None
+
+
+def _fits_float_cache(parts: dict[str, Union[TensorSplit, FileSplit]], prepare: BatchTransform,
+                      budget_mb: float) -> bool:
+    """Whether every split is in memory and their prepared (float, resized) inputs take at most `budget_mb` MiB."""
+    if not all(isinstance(part, TensorSplit) for part in parts.values()):
+        return False
+    prepared = sum(prepared_bytes(part, prepare) for part in parts.values())
+    stored = sum(part.inputs.numel() * part.inputs.element_size() for part in parts.values())
+    fits = prepared <= budget_mb * 2**20
+    log.info("inputs: %s (%.0f MB prepared against %.0f MB as stored; device.float_cache_mb=%g)",
+             "prepared once" if fits else "prepared per batch", prepared / 1e6, stored / 1e6, budget_mb)
+    return fits
 
 
 def _to_float(split: Union[TensorSplit, FileSplit]) -> Optional[BatchTransform]:

@@ -2,7 +2,8 @@
 
 This is the fast path for every in-memory dataset: no per-sample collation, no worker
 processes, no host-to-device copy per step. Batch-wise transforms (uint8 → float, resize,
-augmentation) run on the same device.
+augmentation) run on the same device; the deterministic ones can instead be applied once to the
+whole split (`prepare_split`) when the prepared form fits in memory (`fits_prepared`).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class TensorLoader:
                         continue
                     lo, hi = begin, begin + 1
                 index = slice(lo, hi) if order is None else order[lo:hi]
-            inputs, targets = self.split.inputs[index], self.split.targets[index]
+            inputs, targets = _rows(self.split.inputs, index), _rows(self.split.targets, index)
             if self.transform is not None:
                 inputs = self.transform(inputs)
             if self.pair_transform is not None:
@@ -140,3 +141,36 @@ class TensorLoader:
         """One example as the model sees it (transformed), for the model summary."""
         example = self.split.inputs[:1]
         return self.transform(example) if self.transform is not None else example
+
+
+def _rows(tensor: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
+    """The rows `index` selects: a view for a slice, else a gather.
+
+    index_select rather than `tensor[index]`: advanced indexing is 2-4x slower on the CPU for
+    image batches (measured: benchmarks/README.md), and far slower on a loaded machine.
+    """
+    return tensor[index] if isinstance(index, slice) else tensor.index_select(0, index)
+
+
+def prepared_bytes(split: TensorSplit, prepare: BatchTransform) -> int:
+    """The memory `split`'s inputs take once `prepare` has been applied to all of them."""
+    if len(split) == 0:
+        return 0
+    example = prepare(split.inputs[:1])
+    return len(split) * example[0].numel() * example.element_size()
+
+
+def prepare_split(split: TensorSplit, prepare: BatchTransform, chunk: int = 1024) -> TensorSplit:
+    """`split` with `prepare` (deterministic, example by example: uint8 → float, resize) applied once.
+
+    Applied in chunks, so no more than one chunk's intermediate tensors exist beside the result.
+    Bitwise the same batches as applying `prepare` to each batch (tests/test_speed_paths.py).
+    """
+    if len(split) == 0:
+        return split
+    first = prepare(split.inputs[:chunk])
+    prepared = first.new_empty((len(split), *first.shape[1:]))
+    prepared[:len(first)] = first
+    for start in range(chunk, len(split), chunk):
+        prepared[start:start + chunk] = prepare(split.inputs[start:start + chunk])
+    return TensorSplit(prepared, split.targets)
