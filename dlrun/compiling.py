@@ -181,7 +181,12 @@ class CompileSwitch(nn.Module):
     def before_epoch(self, loader: Any, remaining_steps: int) -> None:
         """Decide (until compiling) whether to compile for the `remaining_steps` of the run over `loader`."""
         if self._signature is None:
-            batch_shape = (loader.batch_size, *loader.example_input().shape[1:])
+            # The training loader's example goes through its augmentation: draw it on a forked RNG, so
+            # deciding takes none of the run's random numbers (an exact resume depends on them).
+            cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=cuda_devices):
+                example = loader.example_input()
+            batch_shape = (loader.batch_size, *example.shape[1:])
             self._signature = _signature(self.model, batch_shape, self.settings, self.mode)
         if self._compiled is not None:
             return

@@ -120,7 +120,7 @@ def test_only_the_detection_training_loader_augments():
                                   "dataset.num_train=20", "dataset.num_test=4", "regularization.augment=flip_crop",
                                   "trainer.batch_size=8"))
     data = build_data(cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
-    assert data.train.pair_transform is not None and data.train.transform is not None
+    assert data.train.pair_transform is not None
     assert data.val.pair_transform is None and data.test.pair_transform is None
     inputs, targets = next(iter(data.train))
     assert inputs.shape == (8, 3, 64, 64) and inputs.dtype == torch.float32 and targets.shape == (8, 3, 5)

@@ -26,7 +26,10 @@ TESTS_DIR = str(Path(__file__).parent)
 
 
 def _data(*overrides: str):
-    cfg = validate(compose_config("dataset=image_folder", "model=lenet", "dataset.num_workers=0", *overrides))
+    """The folder's splits as decoded (uint8): without the float copy device.float_cache_mb makes of them
+    (tests/test_speed_paths.py shows that copy gives the same batches)."""
+    cfg = validate(compose_config("dataset=image_folder", "model=lenet", "dataset.num_workers=0",
+                                  "device.float_cache_mb=0", *overrides))
     return cfg, build_data(cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
 
 
