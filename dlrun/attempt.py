@@ -5,7 +5,7 @@ dlrun.train.run calls `run_attempt` with its `train` function. On several proces
 a submitit job) every process calls it: the process group is joined (dlrun.processes), rank 0
 plans the attempt and readies the run directory (dlrun.resume.start_attempt) and tells the
 others; a failure is recorded in status.json by whichever process knows it, and a failure that
-not all processes met tears the group down and raises `distributed.OutOfStep`, so that the
+not all processes met tears the group down and raises `errors.OutOfStep`, so that the
 others fail at their next exchange instead of waiting.
 """
 
@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from dlrun import distributed, hparams, processes
 from dlrun.distributed import Ranks
-from dlrun.errors import DlrunError
+from dlrun.errors import DlrunError, OutOfStep
 from dlrun.kfold import train_folds
 from dlrun.preemption import Interrupted, StopSignals
 from dlrun.resume import ResumePlan, continue_command, record_early_failure, start_attempt
@@ -79,7 +79,7 @@ def run_attempt(cfg: DictConfig, run_dir: Path, stop: StopSignals, train: TrainF
             log.info("continue with: %s", continue_command(run_dir))
         if ranks.distributed and not distributed.in_step(error):
             processes.leave()  # the others fail at their next exchange instead of waiting for this process
-            raise distributed.OutOfStep(error) from error
+            raise OutOfStep(error) from error
         raise
     if status is not None:
         status.write("completed")

@@ -24,8 +24,8 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from dlrun import distributed, processes, sweep
-from dlrun.errors import DlrunError, find_cause
+from dlrun import processes, sweep
+from dlrun.errors import DlrunError, OutOfStep, ReportedByMain, find_cause
 from dlrun.preemption import Interrupted
 from dlrun.schema import describe_omegaconf_error
 
@@ -54,7 +54,7 @@ def main() -> None:
     sys.argv += processes.follower_overrides()
     try:
         hydra_app()
-    except distributed.OutOfStep as failed:  # some processes of a distributed run failed: this one cannot go on
+    except OutOfStep as failed:  # some processes of a distributed run failed: this one cannot go on
         failures.append(failed.error)  # type: ignore[arg-type]
     except Interrupted as stopped:  # a stop signal: the run saved where it stood (a sweep stops too)
         if processes.environment_rank() == 0:  # every process stopped alike; rank 0 says it
@@ -78,7 +78,7 @@ def main() -> None:
     follower = processes.environment_rank() != 0
     for error in failures:
         # Bad input (exit code 2: config, checkpoint, data) is the same for every process: rank 0 says it.
-        if not (follower and (exit_code(error) == 2 or find_cause(error, distributed.ReportedByMain))):
+        if not (follower and (exit_code(error) == 2 or find_cause(error, ReportedByMain))):
             print(f"dlrun: error: {describe_error(error)}", file=sys.stderr)
     sys.exit(exit_code(failures[0]))
 

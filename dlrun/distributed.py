@@ -46,31 +46,11 @@ from torch import nn
 
 from dlrun.checkpoint import EpochPosition
 from dlrun.data.shard import Shard
-from dlrun.errors import ConfigError, DlrunError, TrainingDiverged
+from dlrun.errors import ConfigError, DlrunError, OutOfStep, ReportedByMain, TrainingDiverged
 from dlrun.preemption import Interrupted
 
 log = logging.getLogger("dlrun")
 T = TypeVar("T")
-
-
-class ReportedByMain(DlrunError):
-    """Rank 0 failed while preparing the run and reports it; the other processes exit quietly with its code."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.exit_code = getattr(error, "exit_code", 1)
-
-
-class OutOfStep(BaseException):
-    """A failure that not every process of the run met at the same point: they cannot go on together.
-
-    A BaseException, so that Hydra's job runner does not carry on with the next job of a sweep;
-    the CLI reports `error` and exits with its code.
-    """
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 @dataclass

@@ -37,6 +37,27 @@ class TrainingDiverged(DlrunError):
     exit_code = 3
 
 
+class ReportedByMain(DlrunError):
+    """On several processes (dlrun.distributed): rank 0 failed while preparing the run and reports it; the other processes exit quietly with its code."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.exit_code = getattr(error, "exit_code", 1)
+
+
+class OutOfStep(BaseException):
+    """A failure that not every process of the run met at the same point: they cannot go on together.
+
+    A BaseException, so that Hydra's job runner does not carry on with the next job of a sweep;
+    the CLI reports `error` and exits with its code.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+
 def find_cause(error: Optional[BaseException], kind: type[E]) -> Optional[E]:
     """`error` or the first exception of type `kind` in its cause chain, None if there is none.
 

@@ -23,18 +23,20 @@ import shutil
 import tempfile
 import warnings
 from datetime import timedelta
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
-import torch.distributed as dist
 from omegaconf import DictConfig
 
-from dlrun.distributed import Ranks
+if TYPE_CHECKING:
+    from dlrun.distributed import Ranks
+
+# torch and dlrun.distributed (which brings torchvision) are imported only where a process group is
+# made or torn down: the CLI reads this process's rank before anything heavy (a bad config fails fast).
 
 log = logging.getLogger("dlrun")
 
 
-_joined: Optional[Ranks] = None  # the process group is per process: joined once, kept for a sweep's jobs
+_joined: Optional["Ranks"] = None  # the process group is per process: joined once, kept for a sweep's jobs
 
 
 def join(device_cfg: DictConfig) -> Ranks:
@@ -43,6 +45,11 @@ def join(device_cfg: DictConfig) -> Ranks:
     NCCL carries CUDA tensors (each process on its local GPU) and gloo CPU tensors, both with
     the `device.dist_timeout_min` timeout; the group is destroyed at exit.
     """
+    import torch
+    import torch.distributed as dist
+
+    from dlrun.distributed import Ranks
+
     global _joined
     if _joined is not None:
         return _joined
@@ -65,6 +72,8 @@ def join(device_cfg: DictConfig) -> Ranks:
 
 def leave() -> None:
     """Destroy the process group (at exit, or after a failure): the other processes stop waiting for this one."""
+    import torch.distributed as dist
+
     global _joined
     _joined = None
     if dist.is_available() and dist.is_initialized():

@@ -55,7 +55,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
 
     On several processes every one of them calls it: rank 0 picks and writes the run directory
     (the others' `run_dir` is not used), and they stop together. A failure that not all of them
-    met raises `distributed.OutOfStep`, which ends the process (and a sweep).
+    met raises `errors.OutOfStep`, which ends the process (and a sweep).
     """
     run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(cfg)
     with StopSignals() as stop:
