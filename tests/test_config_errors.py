@@ -8,19 +8,18 @@ from conftest import compose_config, run_cli
 from dlrun.errors import ConfigError
 from dlrun.schema import validate
 
+# Each kind of failure through the real CLI (a subprocess costs seconds): an unknown group option and
+# unknown keys (Hydra's errors), a wrong type (OmegaConf's), a value out of range (dlrun's schema), a
+# bad model setting (met building the model) and a key that must be set elsewhere (Hydra's override).
 CLI_CASES = [
     ("model=foo", "unknown model 'foo'; valid choices: alexnet, densenet, googlenet, gru, lenet, linear, lstm, mlp, nin"),
     ("+typo=3", "unknown key 'typo'; valid keys at the top level: seed, name"),
     ("trainer.epoch=3", "unknown key 'trainer.epoch'; valid keys of trainer: epochs, batch_size"),
     ("trainer.epochs=abc", "wrong type for 'trainer.epochs'"),
     ("optimizer.lr=-1", "optimizer.lr=-1 is out of range: must be > 0"),
-    ("regularization.dropout=1.5", "regularization.dropout=1.5 is out of range: must be in [0, 1)"),
-    ("+model.foo=1", "unknown key 'model.foo'; valid keys for dlrun.models.lenet.LeNet: activation"),
-    ("model.activation=swish", "activation 'swish' is not one of: relu, sigmoid"),
+    ("model.activation=swish", "activation 'swish' is not one of: relu, sigmoid"),  # met building the model
     ("optimizer.weight_decay=0.1", "'optimizer.weight_decay' cannot be set here: "
                                    "set weight decay with regularization.weight_decay"),
-    ("optimizer.betas=[0.9]", "wrong value for 'optimizer.betas': expected a list of 2 values, "
-                              "e.g. optimizer.betas=[0.9,0.999]; got [0.9]"),
 ]
 
 
@@ -41,7 +40,12 @@ def test_full_traceback_on_request(tmp_path):
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr
 
 
+# The schema's other checks raise the same ConfigError the CLI prints as one line (CLI_CASES above).
 @pytest.mark.parametrize("override,message", [
+    ("regularization.dropout=1.5", "regularization.dropout=1.5 is out of range: must be in [0, 1)"),
+    ("+model.foo=1", "unknown key 'model.foo'; valid keys for dlrun.models.lenet.LeNet: activation"),
+    ("optimizer.betas=[0.9]", "wrong value for 'optimizer.betas': expected a list of 2 values, "
+                              "e.g. optimizer.betas=[0.9,0.999]; got [0.9]"),
     ("+optimizer.weight_decay=0.1", "set weight decay with regularization.weight_decay"),
     ("regularization.weight_decay=-1", "regularization.weight_decay=-1.0 is out of range"),
     ("trainer.batch_size=0", "trainer.batch_size=0 is out of range"),
