@@ -104,13 +104,13 @@ def decide(planned_steps: int, estimate: Estimate) -> Decision:
         share = cost / eager_run if eager_run > 0 else float("inf")
         verdict = share <= MAX_UNMEASURED_SHARE
         return Decision(verdict, f"{planned_steps} steps x {1e3 * estimate.eager_step_s:.2f} ms eager = "
-                                 f"{eager_run:.0f} s; {cost_text} is {100 * share:.1f} % of it "
+                                 f"{eager_run:.3g} s; {cost_text} is {100 * share:.1f} % of it "
                                  f"({'<=' if verdict else '>'} {100 * MAX_UNMEASURED_SHARE:.0f} % with no "
                                  "compiled step measured yet)")
     saving = planned_steps * (estimate.eager_step_s - estimate.compiled_step_s)
     verdict = saving >= MARGIN * cost
     return Decision(verdict, f"{planned_steps} steps x ({1e3 * estimate.eager_step_s:.2f} - "
-                             f"{1e3 * estimate.compiled_step_s:.2f}) ms saves {saving:.0f} s against {cost_text}"
+                             f"{1e3 * estimate.compiled_step_s:.2f}) ms saves {saving:.3g} s against {cost_text}"
                              f" ({'pays' if verdict else 'does not pay'} with a {MARGIN}x margin)")
 
 
