@@ -1,9 +1,13 @@
 """Per model of conf/model/: CPU training throughput and forward FLOPs at its design input size.
 
-dlrun's training path (TensorLoader + `train_one_epoch`, losses kept on the device) is timed
-against a plain PyTorch loop in d2l's style (`DataLoader(TensorDataset)`, `.item()` per step) on
-the same synthetic images, the same initial weights, optimizer and batch size, in one run.
-Models without a design size (MLP, recurrent, torchvision) get 28x28 (Fashion-MNIST's size).
+dlrun's training path (the model as `dlrun` prepares it: device.channels_last=auto gives conv nets
+NHWC on the CPU; TensorLoader + `train_one_epoch`, losses kept on the device) is timed against a
+plain PyTorch loop in d2l's style (NCHW, `DataLoader(TensorDataset)`, `.item()` per step) on the
+same synthetic images, the same initial weights, optimizer and batch size, in one run. Both run in
+this process, set up as `dlrun` sets it up (`configure_backends`), so dlrun's host allocator
+reaches the plain loop too: training_speed.py measures that difference with the plain loop in a
+process of its own. Models without a design size (MLP, recurrent, torchvision) get 28x28
+(Fashion-MNIST's size).
 
     python benchmarks/models.py                       # every model, a few batches each
     python benchmarks/models.py --models lenet resnet --batches 20 --batch-size 64
@@ -24,6 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
+from dlrun.device import configure_backends, prepare_model
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
 from dlrun.optim import build_optimizer
@@ -69,6 +74,7 @@ def bench(name: str, batches: int, batch_size: int, warmup: int) -> dict:
     if config(f"model={name}").model.input_size is None:
         overrides.append(f"dataset.resize={FALLBACK_SIZE}")
     cfg = validate(config(*overrides))
+    configure_backends(cfg.device)
     torch.manual_seed(0)
     examples = batches * batch_size
     images = torch.rand(examples, *cfg.dataset.input_shape)
@@ -76,6 +82,8 @@ def bench(name: str, batches: int, batch_size: int, warmup: int) -> dict:
     model = build_model(cfg.model)
     twin = copy.deepcopy(model)
     flops = summarize(model, images[:1]).flops
+    cfg.device.compile = False  # eager: the compile's payoff is training_speed.py's --compile
+    net = prepare_model(model, cfg.device)
 
     task = Classification()
     precision = Precision("off", torch.device("cpu"))
@@ -85,11 +93,11 @@ def bench(name: str, batches: int, batch_size: int, warmup: int) -> dict:
     dlrun_loader = TensorLoader(split, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
     plain_loader = DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=True)
     warm = warmup * batch_size
-    train_one_epoch(model, TensorLoader(split.select(slice(0, warm)), batch_size), task, dlrun_optimizer,
+    train_one_epoch(net, TensorLoader(split.select(slice(0, warm)), batch_size), task, dlrun_optimizer,
                     None, precision, None, None, 0, 0)
     plain_loop(twin, plain_optimizer, DataLoader(TensorDataset(images[:warm], labels[:warm]), batch_size=batch_size))
 
-    dlrun_s = seconds(lambda: train_one_epoch(model, dlrun_loader, task, dlrun_optimizer, None, precision, None, None, 1, 1))
+    dlrun_s = seconds(lambda: train_one_epoch(net, dlrun_loader, task, dlrun_optimizer, None, precision, None, None, 1, 1))
     plain_s = seconds(lambda: plain_loop(twin, plain_optimizer, plain_loader))
     return {"model": name, "input": "x".join(map(str, cfg.dataset.input_shape)), "gflops": flops / 1e9,
             "dlrun": examples / dlrun_s, "plain": examples / plain_s, "ratio": plain_s / dlrun_s}

@@ -1,9 +1,12 @@
 """Training throughput of dlrun's own training path against a plain PyTorch loop, in one run.
 
 The plain loop is d2l's: `DataLoader(TensorDataset(...))` over host tensors, a copy to the
-device per batch and a `.item()` per step. dlrun's path is the code `dlrun` runs: the
-device-resident `TensorLoader` and `train.train_one_epoch`. Both train the same model (same
-initial weights), on the same synthetic data, with the same optimizer and batch size.
+device per batch and a `.item()` per step, in a Python process of its own as a user's script
+runs. dlrun's path is the code `dlrun` runs, in a process set up as `dlrun` sets it up
+(`configure_backends`: threads, `device.host_allocator`): the device-resident `TensorLoader` and
+`train.train_one_epoch`. Both train the same model (same initial weights), on the same synthetic
+data, with the same optimizer and batch size. `--host-allocator system` leaves glibc's defaults in
+dlrun's process too, which shows how much of the difference the allocator makes.
 
     python benchmarks/training_speed.py                       # CPU: lenet, mlp, softmax, resnet at 32 px
     python benchmarks/training_speed.py --device cuda --amp bf16 --channels-last --save
@@ -26,6 +29,7 @@ import argparse
 import copy
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -46,7 +50,7 @@ import dlrun  # noqa: F401  (registers the config resolvers)
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
 from dlrun.compiling import CompileSwitch, Estimate, steps_to_pay
-from dlrun.device import channels_last_transform, configure_backends, prepare_model
+from dlrun.device import configure_backends, prepare_model, use_memory_format
 from dlrun.models import build_model
 from dlrun.models.summary import summarize
 from dlrun.precision import AMP_DTYPES, Precision
@@ -89,11 +93,14 @@ def main() -> None:
                         help="timed steps per loop (default: one full epoch; CPU resnet: 3)")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per loop; the best counts")
     parser.add_argument("--amp", default="off", choices=list(AMP_DTYPES))
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="NHWC in both loops (default: dlrun's device.channels_last=auto, the plain loop NCHW)")
     parser.add_argument("--compile", action="store_true", help="add compiled columns (and compile cold/warm)")
     parser.add_argument("--compile-mode", default="default")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for every loop (device.num_threads; 1 is steadier on a busy machine)")
+    parser.add_argument("--host-allocator", default="tuned", choices=["tuned", "system"],
+                        help="device.host_allocator in dlrun's process (the plain loop's process keeps the system's)")
     parser.add_argument("--save", action="store_true", help="write the table under benchmarks/results/")
     parser.add_argument("--compile-probe", help=argparse.SUPPRESS)  # internal: one compile in a fresh process
     args = parser.parse_args()
@@ -127,7 +134,9 @@ def main() -> None:
         table.add_row(*cells, *([fraction] if peak else []))
     console = Console(record=True, width=200)
     console.print(table)
-    settings = (f"amp={args.amp} channels_last={args.channels_last} compile_mode={args.compile_mode}; "
+    settings = (f"amp={args.amp} channels_last={'true (both loops)' if args.channels_last else 'auto (plain: NCHW)'} "
+                f"compile_mode={args.compile_mode} "
+                f"host_allocator={args.host_allocator}; "
                 f"machine load (1-min average) before/after: {LOAD_BEFORE:.1f}/{os.getloadavg()[0]:.1f}")
     console.print(settings + (f"; measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s" if peak else ""))
     if args.save:
@@ -139,8 +148,7 @@ def measure(workload: Workload, device: torch.device, steps: int | None, args: a
     cfg = composed(workload, args)
     configure_backends(cfg.device)
     torch.manual_seed(0)
-    images = torch.rand(workload.examples, 1, workload.size, workload.size)
-    labels = torch.randint(0, 10, (workload.examples,))
+    images, labels = synthetic_data(workload)
     model = build_model(cfg.model)
     flops = summarize(model, images[:1]).flops
     batches = steps or -(-workload.examples // workload.batch_size)
@@ -150,8 +158,7 @@ def measure(workload: Workload, device: torch.device, steps: int | None, args: a
     optimizer = torch.optim.SGD(dlrun_model.parameters(), lr=workload.lr)
     precision = Precision(args.amp, device)
     loader = TensorLoader(TensorSplit(images, labels).to(device), workload.batch_size, shuffle=True,
-                          generator=torch.Generator().manual_seed(0), limit_batches=batches,
-                          transform=channels_last_transform(args.channels_last))
+                          generator=torch.Generator().manual_seed(0), limit_batches=batches)
     task = Classification()
     # The checks dlrun's loop makes after every step (stop signal, save schedule); none is due here.
     saver = Checkpointer(Path("unused"), lambda position, rng: {}, SaveSchedule(None, 10), StopSignals(),
@@ -161,8 +168,7 @@ def measure(workload: Workload, device: torch.device, steps: int | None, args: a
         train_one_epoch(net, loader, task, optimizer, None, precision, None, None, 1, 1, on_step=saver.after_step)
 
     compiled_model = copy.deepcopy(model).to(device)
-    if args.channels_last:
-        compiled_model.to(memory_format=torch.channels_last)
+    use_memory_format(compiled_model, cfg.device)
     compiled_net = CompileSwitch(compiled_model, True, args.compile_mode, "benchmark")
     compiled_net.times.update = lambda *a, **k: None  # the benchmark's epochs are not a user's measurements
     compiled_optimizer = torch.optim.SGD(compiled_model.parameters(), lr=workload.lr)
@@ -171,25 +177,22 @@ def measure(workload: Workload, device: torch.device, steps: int | None, args: a
         train_one_epoch(compiled_net, loader, task, compiled_optimizer, None, precision, None, None, 1, 1,
                         on_step=saver.after_step)
 
-    plain_model = copy.deepcopy(model).to(device)
-    if args.channels_last:
-        plain_model.to(memory_format=torch.channels_last)
-    plain_net = plain_model  # d2l's loop is eager
-    plain_optimizer = torch.optim.SGD(plain_model.parameters(), lr=workload.lr)
-    plain_loader = DataLoader(TensorDataset(images, labels), batch_size=workload.batch_size, shuffle=True)
-
-    def plain_epoch() -> None:
-        plain_loop(plain_net, plain_loader, plain_optimizer, device, batches, args)
-
-    loops = {"plain": plain_epoch, "dlrun": dlrun_epoch, **({"compiled": compiled_epoch} if args.compile else {})}
-    for epoch in loops.values():
-        epoch()  # warm-up: allocator, cuDNN autotuning, compilation
-    # Alternate the loops and keep each one's best time, so load from other processes
-    # on a shared machine penalises neither side.
-    best = {label: float("inf") for label in loops}
-    for _ in range(args.repeats):
-        for label, epoch in loops.items():
-            best[label] = min(best[label], timed(epoch, device))
+    # The plain loop runs in a fresh Python process of its own, as a user's script would: dlrun's
+    # process settings (device.host_allocator, dlrun.host_memory) do not reach it.
+    plain = PlainLoopProcess(workload, device, batches, model.state_dict(), args)
+    loops = {"plain": plain.epoch, "dlrun": lambda: timed(dlrun_epoch, device),
+             **({"compiled": lambda: timed(compiled_epoch, device)} if args.compile else {})}
+    try:
+        for epoch in loops.values():
+            epoch()  # warm-up: allocator, cuDNN autotuning, compilation
+        # Alternate the loops and keep each one's best time, so load from other processes
+        # on a shared machine penalises neither side.
+        best = {label: float("inf") for label in loops}
+        for _ in range(args.repeats):
+            for label, epoch in loops.items():
+                best[label] = min(best[label], epoch())
+    finally:
+        plain.close()
     examples = min(batches * workload.batch_size, workload.examples)
     results = {label: examples / seconds for label, seconds in best.items()}
     results["flops_per_s"] = 3 * flops * results["dlrun"]  # forward + backward ~ 3x forward
@@ -214,7 +217,7 @@ def compile_in_fresh_process(workload: Workload, device: torch.device, args: arg
                              cache: str) -> float:
     command = [sys.executable, __file__, "--compile-probe", workload.name, "--device", device.type,
                "--amp", args.amp, "--compile-mode", args.compile_mode, *(["--channels-last"] * args.channels_last),
-               *(["--threads", str(args.threads)] if args.threads else [])]
+               "--host-allocator", args.host_allocator, *(["--threads", str(args.threads)] if args.threads else [])]
     environment = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "DLRUN_COMPILE_CACHE": cache}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=1200, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["compile_s"]
@@ -228,15 +231,58 @@ def compile_probe(workload: Workload, device: torch.device, args: argparse.Names
     images = torch.rand(4 * workload.batch_size, 1, workload.size, workload.size)
     labels = torch.randint(0, 10, (len(images),))
     model = build_model(cfg.model).to(device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
+    use_memory_format(model, cfg.device)
     net = CompileSwitch(model, True, args.compile_mode, "benchmark")
     net.times.update = lambda *a, **k: None
-    loader = TensorLoader(TensorSplit(images, labels).to(device), workload.batch_size, shuffle=False,
-                          transform=channels_last_transform(args.channels_last))
+    loader = TensorLoader(TensorSplit(images, labels).to(device), workload.batch_size, shuffle=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=workload.lr)
     train_one_epoch(net, loader, Classification(), optimizer, None, Precision(args.amp, device), None, None, 1, 1)
     return net.compile_seconds
+
+
+class PlainLoopProcess:
+    """The plain loop in a fresh Python process (spawned) that runs one epoch per request and
+    answers with its seconds; this process waits meanwhile, so the two never share the CPU."""
+
+    def __init__(self, workload: Workload, device: torch.device, batches: int, weights: dict,
+                 args: argparse.Namespace) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=plain_loop_process, daemon=True,
+                                       args=(child, workload, device.type, batches, weights, args))
+        self.process.start()
+
+    def epoch(self) -> float:
+        self.connection.send("epoch")
+        return self.connection.recv()
+
+    def close(self) -> None:
+        self.connection.send("stop")
+        self.process.join(timeout=60)
+
+
+def plain_loop_process(connection, workload: Workload, device_type: str, batches: int, weights: dict,
+                       args: argparse.Namespace) -> None:
+    device = torch.device(device_type)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images, labels = synthetic_data(workload)
+    cfg = composed(workload, args)
+    net = build_model(cfg.model)
+    net.load_state_dict(weights)
+    net.to(device)
+    if args.channels_last:
+        net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(net.parameters(), lr=workload.lr)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=workload.batch_size, shuffle=True)
+    while connection.recv() == "epoch":
+        connection.send(timed(lambda: plain_loop(net, loader, optimizer, device, batches, args), device))
+
+
+def synthetic_data(workload: Workload) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(workload.examples, 1, workload.size, workload.size, generator=generator)
+    return images, torch.randint(0, 10, (workload.examples,), generator=generator)
 
 
 def plain_loop(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, device: torch.device,
@@ -269,9 +315,10 @@ LOAD_BEFORE = os.getloadavg()[0]
 def composed(workload: Workload, args: argparse.Namespace):
     # The digits config only supplies shapes here: resizing it gives the model this input size.
     overrides = [*workload.overrides, f"dataset.resize={workload.size}", f"device.type={args.device}", f"device.amp={args.amp}",
-                 f"device.channels_last={str(args.channels_last).lower()}",
+                 f"device.channels_last={'true' if args.channels_last else 'auto'}",
                  "device.compile=false", f"device.compile_mode={args.compile_mode}",
-                 f"device.num_threads={args.threads if args.threads else 'null'}"]
+                 f"device.num_threads={args.threads if args.threads else 'null'}",
+                 f"device.host_allocator={args.host_allocator}"]
     with initialize_config_module(version_base="1.3", config_module="dlrun.conf"):
         return validate(compose(config_name="config", overrides=overrides))
 

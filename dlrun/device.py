@@ -1,4 +1,4 @@
-"""The training device and how PyTorch uses it: threads, cuDNN, determinism, memory format, compile.
+"""The training device and how PyTorch uses it: threads, host memory, cuDNN, determinism, memory format, compile.
 
 When a sweep runs jobs in parallel on one machine (joblib, submitit_local), the sweep's
 main process puts the number of jobs running at once in the environment variable
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Optional
+from typing import Any, Optional, Union
 
 import torch
 from omegaconf import DictConfig
@@ -18,6 +18,7 @@ from torch import nn
 
 from dlrun.compiling import CompileSwitch
 from dlrun.errors import ConfigError
+from dlrun.host_memory import use_host_allocator
 
 log = logging.getLogger("dlrun")
 # The number of jobs of a sweep running at once on this machine, set by the sweep's main
@@ -71,8 +72,10 @@ def configure_backends(device_cfg: DictConfig, processes_here: int = 1) -> None:
     """Process-wide settings; call before the first CUDA operation (cuBLAS reads its env var once).
 
     CPU threads: as asked, or this process's share of the cores when a parallel sweep or a run
-    on several processes (`processes_here` of them on this host) shares them.
+    on several processes (`processes_here` of them on this host) shares them. Host memory: freed
+    memory kept for reuse unless device.host_allocator=system (dlrun.host_memory).
     """
+    use_host_allocator(device_cfg.host_allocator)
     threads = threads_per_job(device_cfg.num_threads, available_cores(), parallel_jobs() * processes_here)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -87,22 +90,38 @@ def configure_backends(device_cfg: DictConfig, processes_here: int = 1) -> None:
 
 def prepare_model(model: nn.Module, device_cfg: DictConfig) -> nn.Module:
     """Memory format and compilation (dlrun.compiling). Returns the module to call; `model` keeps the weights to save."""
-    if device_cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    channels_last = use_memory_format(model, device_cfg)
     if device_cfg.compile is False:
         return model
     # compile=true or auto: dlrun.compiling compiles the training step (auto: when it pays) and times it.
     settings = (f"{next(model.parameters(), torch.empty(0)).device.type} amp={device_cfg.amp} "
-                f"channels_last={device_cfg.channels_last} threads={torch.get_num_threads()}")
+                f"channels_last={channels_last} threads={torch.get_num_threads()}")
     return CompileSwitch(model, device_cfg.compile, device_cfg.compile_mode, settings)
 
 
-def channels_last_transform(enabled: bool) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-    """Batch transform giving image batches the NHWC layout the channels_last model expects."""
-    if not enabled:
-        return None
+def wants_channels_last(setting: Union[str, bool], model: nn.Module, device: torch.device, amp: str) -> bool:
+    """device.channels_last: true or false as set; auto: NHWC for models with 2-D convolutions on
+    the CPU, where oneDNN's NHWC convolutions made a training step 1.1-1.6x faster for every conv net
+    of the curriculum (benchmarks/README.md), and on CUDA with AMP, where tensor cores want NHWC
+    (PyTorch's channels_last tutorial; fp32 on CUDA is left NCHW: not measured here)."""
+    if setting != "auto":
+        return bool(setting)
+    has_convolutions = any(isinstance(module, nn.Conv2d) for module in model.modules())
+    return has_convolutions and (device.type == "cpu" or amp != "off")
 
-    def to_channels_last(batch: torch.Tensor) -> torch.Tensor:
-        return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
 
-    return to_channels_last
+def use_memory_format(model: nn.Module, device_cfg: DictConfig) -> bool:
+    """Give `model` the NHWC (channels_last) layout when `wants_channels_last`: its 4-D weights, and
+    every 4-D input it is called with (a forward pre-hook, so training, evaluation, prediction and
+    export see the same layout, after any augmentation). Returns whether it did."""
+    device = next(model.parameters(), torch.empty(0)).device
+    if not wants_channels_last(device_cfg.channels_last, model, device, device_cfg.amp):
+        return False
+    model.to(memory_format=torch.channels_last)
+    model.register_forward_pre_hook(_inputs_to_channels_last)
+    return True
+
+
+def _inputs_to_channels_last(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(value.contiguous(memory_format=torch.channels_last)
+                 if isinstance(value, torch.Tensor) and value.dim() == 4 else value for value in inputs)

@@ -28,6 +28,7 @@ from omegaconf.errors import (
 )
 
 from dlrun.errors import ConfigError, DlrunError, find_cause
+from dlrun.host_memory import HOST_ALLOCATORS
 from dlrun.tasks import TASKS
 
 
@@ -69,7 +70,7 @@ class RegularizationConfig:
 class DeviceConfig:
     type: str = "auto"
     amp: str = "off"
-    channels_last: bool = False
+    channels_last: Any = "auto"  # auto | true | false (dlrun.device.wants_channels_last)
     compile: Any = "auto"  # auto | true | false (a bool from the command line, or "auto")
     compile_mode: str = "default"
     cudnn_benchmark: bool = True
@@ -81,6 +82,7 @@ class DeviceConfig:
     dist_timeout_min: float = 30.0
     # In-memory image splits held as floats at the model's input size when they fit (MiB; 0 = never).
     float_cache_mb: float = 1024.0
+    host_allocator: str = "tuned"  # tuned | system (dlrun.host_memory)
 
 
 @dataclass
@@ -378,11 +380,12 @@ def _check_ranges(c: dict[str, Any]) -> None:
     device = c["device"]
     if device["type"] not in DEVICE_TYPES:
         raise ConfigError(f"device.type={device['type']!r} is not one of: {', '.join(DEVICE_TYPES)}")
-    for key, choices in (("amp", AMP_MODES), ("compile_mode", COMPILE_MODES)):
+    for key, choices in (("amp", AMP_MODES), ("compile_mode", COMPILE_MODES), ("host_allocator", HOST_ALLOCATORS)):
         if device[key] not in choices:
             raise ConfigError(f"device.{key}={device[key]!r} is not one of: {', '.join(choices)}")
-    if device["compile"] not in ("auto", True, False):
-        raise ConfigError(f"device.compile={device['compile']!r} is not one of: auto, true, false")
+    for key in ("compile", "channels_last"):
+        if device[key] not in ("auto", True, False):
+            raise ConfigError(f"device.{key}={device[key]!r} is not one of: auto, true, false")
     require(device["float_cache_mb"] >= 0, "device.float_cache_mb", device["float_cache_mb"], "must be >= 0 (0 = off)")
     threads = device["num_threads"]
     require(threads is None or threads >= 1, "device.num_threads", threads, "must be >= 1 or null")

@@ -22,7 +22,7 @@ from torch import nn
 
 from dlrun.checkpoint import BEST, LAST, load_checkpoint
 from dlrun.data.card import CARD_FILE, DataCard
-from dlrun.device import configure_backends, select_device
+from dlrun.device import configure_backends, select_device, use_memory_format
 from dlrun.errors import CheckpointError, DlrunError
 from dlrun.models import build_model
 from dlrun.precision import Precision
@@ -62,8 +62,7 @@ def load_run(run_dir: Path, which: str = "best", device: Optional[str] = None) -
         raise CheckpointError(f"checkpoint {path} does not fit the model its config builds: "
                               f"{str(error).splitlines()[0]}") from None
     model.to(chosen).eval()
-    if config.device.channels_last:  # the memory format training evaluated with (compilation is left out)
-        model.to(memory_format=torch.channels_last)
+    use_memory_format(model, config.device)  # the memory format training evaluated with (compilation is left out)
     return TrainedRun(run_dir, path, int(state["epoch"]), config, read_card(run_dir, config), model, chosen,
                       Precision(config.device.amp, chosen))
 

@@ -51,6 +51,7 @@ def test_full_traceback_on_request(tmp_path):
     ("trainer.batch_size=0", "trainer.batch_size=0 is out of range"),
     ("trainer.limit_batches=0", "trainer.limit_batches=0 is out of range"),
     ("device.type=tpu", "device.type='tpu' is not one of: auto, cpu, cuda"),
+    ("device.host_allocator=jemalloc", "device.host_allocator='jemalloc' is not one of: tuned, system"),
     ("dataset.val_fraction=1.0", "dataset.val_fraction=1.0 is out of range"),
     ("+model.input_shape_typo=1", "unknown key 'model.input_shape_typo'"),
     ("optimizer=adamw optimizer.betas=[0.9,0.99,0.9]", "expected a list of 2 values"),

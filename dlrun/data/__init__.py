@@ -21,7 +21,6 @@ from dlrun.data.loader import BatchTransform, TensorLoader, compose, prepare_spl
 from dlrun.data.shard import Shard
 from dlrun.data.splits import DataSplits, TensorSplit, fold_split, split_off
 from dlrun.data.augment import AUGMENTS, build_augment
-from dlrun.device import channels_last_transform
 from dlrun.schema import instantiate_group
 
 log = logging.getLogger("dlrun")
@@ -86,10 +85,9 @@ def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.G
             parts["train"] = parts["train"].with_crop(regularization.crop_scale)
         augment = build_augment(regularization.augment, list(dataset.input_shape), regularization.crop_scale,
                                 crop_in_workers=streamed)
-    # The memory format comes last: augmentations build new (contiguous NCHW) tensors.
-    to_channels_last = channels_last_transform(cfg.device.channels_last)
-    eval_transform = compose(batch_prepare, to_channels_last)
-    train_transform = compose(batch_prepare, augment, to_channels_last)
+    # device.channels_last's layout is given by the model itself (dlrun.device.use_memory_format).
+    eval_transform = batch_prepare
+    train_transform = compose(batch_prepare, augment)
     batch_size = cfg.trainer.batch_size
 
     def loader(part: Union[TensorSplit, FileSplit], training: bool) -> Loader:

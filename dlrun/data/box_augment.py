@@ -61,7 +61,7 @@ class BoxAugment:
         if self.jitter is not None:
             batch = self.jitter(batch)
         if images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
-            batch = batch.contiguous(memory_format=torch.channels_last)  # keep device.channels_last's layout
+            batch = batch.contiguous(memory_format=torch.channels_last)  # keep the input's memory layout
         return batch, torch.stack(moved_targets).to(targets.dtype)
 
 
