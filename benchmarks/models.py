@@ -11,6 +11,7 @@ process of its own. Models without a design size (MLP, recurrent, torchvision) g
 
     python benchmarks/models.py                       # every model, a few batches each
     python benchmarks/models.py --models lenet resnet --batches 20 --batch-size 64
+    python benchmarks/models.py --channels-last false    # dlrun in NCHW too: what NHWC adds
 """
 
 from __future__ import annotations
@@ -68,9 +69,9 @@ def seconds(fn) -> float:
     return time.perf_counter() - started
 
 
-def bench(name: str, batches: int, batch_size: int, warmup: int) -> dict:
+def bench(name: str, batches: int, batch_size: int, warmup: int, channels_last: str) -> dict:
     """Both loops on identical data and weights: warm-up batches first, then `batches` timed ones."""
-    overrides = [f"model={name}", "optimizer=sgd", f"optimizer.lr={LR}"]
+    overrides = [f"model={name}", "optimizer=sgd", f"optimizer.lr={LR}", f"device.channels_last={channels_last}"]
     if config(f"model={name}").model.input_size is None:
         overrides.append(f"dataset.resize={FALLBACK_SIZE}")
     cfg = validate(config(*overrides))
@@ -110,14 +111,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches per loop first (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
+                        help="dlrun's device.channels_last (false: NCHW like the plain loop)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
-          f"{args.batches} timed batches per loop; ratio = dlrun img/s / plain img/s")
+          f"{args.batches} timed batches per loop, device.channels_last={args.channels_last}; "
+          "ratio = dlrun img/s / plain img/s")
     print(f"{'model':<12} {'input':>11} {'fwd GFLOPs':>10} {'dlrun img/s':>12} {'plain img/s':>12} {'ratio':>6}")
     for name in args.models:
-        row = bench(name, args.batches, args.batch_size, args.warmup)
+        row = bench(name, args.batches, args.batch_size, args.warmup, args.channels_last)
         print(f"{row['model']:<12} {row['input']:>11} {row['gflops']:>10.3f} {row['dlrun']:>12.1f} "
               f"{row['plain']:>12.1f} {row['ratio']:>5.2f}x", flush=True)
 

@@ -101,8 +101,8 @@ def prepare_model(model: nn.Module, device_cfg: DictConfig) -> nn.Module:
 
 def wants_channels_last(setting: Union[str, bool], model: nn.Module, device: torch.device, amp: str) -> bool:
     """device.channels_last: true or false as set; auto: NHWC for models with 2-D convolutions on
-    the CPU, where oneDNN's NHWC convolutions made a training step 1.1-1.6x faster for every conv net
-    of the curriculum (benchmarks/README.md), and on CUDA with AMP, where tensor cores want NHWC
+    the CPU, where oneDNN's NHWC convolutions trained every conv net of the curriculum faster
+    (1.04-1.5x, benchmarks/README.md), and on CUDA with AMP, where tensor cores want NHWC
     (PyTorch's channels_last tutorial; fp32 on CUDA is left NCHW: not measured here)."""
     if setting != "auto":
         return bool(setting)
