@@ -3,8 +3,8 @@
 A training step on the CPU allocates and frees the same large tensors every step (activations,
 gradients: megabytes each). glibc's defaults serve large requests with a fresh `mmap` and give
 freed memory at the top of the heap back to the system once more than a few megabytes are free,
-so every step touches new pages: a LeNet step at batch 256 took about 3,000 page faults, 10-30 %
-of its time, and its time varied by a third from one process to the next (benchmarks/README.md).
+so steps touch new pages: a LeNet step at batch 256 took about 3,000 page faults and 32 to 42 ms,
+depending on the process, against none and 22-24 ms with freed memory kept (benchmarks/README.md).
 
 `tuned` asks glibc to keep freed memory for reuse, as the jemalloc and tcmalloc settings that
 PyTorch's CPU launcher (`torch.backends.xeon.run_cpu`) preloads do: requests under 32 MiB come
