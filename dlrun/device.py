@@ -80,7 +80,9 @@ def configure_backends(device_cfg: DictConfig, processes_here: int = 1) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = bool(device_cfg.cudnn_benchmark) and not device_cfg.deterministic
-    torch.use_deterministic_algorithms(bool(device_cfg.deterministic))
+    if torch.are_deterministic_algorithms_enabled() != bool(device_cfg.deterministic):
+        # Only on a change: the call imports Inductor's config, 2 s at every start otherwise.
+        torch.use_deterministic_algorithms(bool(device_cfg.deterministic))
     if device_cfg.deterministic:
         # cuBLAS is only reproducible with a fixed workspace (PyTorch's reproducibility notes).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

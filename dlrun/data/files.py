@@ -18,7 +18,6 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms import v2
 
 from dlrun.data.images import BadImage, bad_image_error, decode
 from dlrun.data.loader import BatchTransform, PairTransform
@@ -69,7 +68,7 @@ class ImageFiles(Dataset):
                  crop_scale: Optional[tuple[float, float]] = None) -> None:
         self.samples = samples
         self.channels, self.size = shape[0], (shape[1], shape[2])
-        self.crop = None if crop_scale is None else v2.RandomResizedCrop(self.size, scale=crop_scale, antialias=True)
+        self.crop = None if crop_scale is None else _random_resized_crop(self.size, crop_scale)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -226,3 +225,9 @@ class FileLoader:
                 example = pixels.unsqueeze(0).to(self.device)
                 return self.transform(example) if self.transform is not None else example
         raise DataError(f"none of the {len(dataset)} images can be read, e.g. {self.split.samples[0][0]}")
+
+
+def _random_resized_crop(size: Sequence[int], scale: tuple[float, float]) -> Any:
+    from torchvision.transforms import v2  # imported here: torchvision takes seconds to import
+
+    return v2.RandomResizedCrop(size, scale=scale, antialias=True)

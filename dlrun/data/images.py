@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import v2
 
 from dlrun.errors import DataError
+
+if TYPE_CHECKING:  # torchvision takes seconds to import: a run without files or augmentation does without it
+    from torchvision.transforms import v2
 
 # Converting a palette image with transparency to RGB is what we want; PIL's advice about it is noise.
 warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning)
