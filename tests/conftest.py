@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,19 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) 
     environment.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     return subprocess.run([str(DLRUN), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=environment)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float) -> Path:
+    """`path` once the running `process` (stderr piped) has written it; fails with the process's
+    stderr if it exits first, or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"the process exited ({process.returncode}) before {path.name}: "
+                                 f"{process.stderr.read()}")
+        assert time.monotonic() < deadline, f"timed out waiting for {path}"
+        time.sleep(0.005)
+    return path
 
 
 def only_run_dir(root: Path) -> Path:

@@ -15,13 +15,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import compose_config, only_run_dir, read_json
+from conftest import compose_config, only_run_dir, read_json, wait_for
 from dlrun.train import run
 
 TESTS_DIR = str(Path(__file__).parent)
@@ -128,7 +127,7 @@ def test_a_one_process_checkpoint_continues_on_two_a_signal_to_one_stops_both_an
     process = torchrun(tmp_path, *pausing, f"trainer.resume={run_dir}",
                        env={"DLRUN_TEST_PAUSE": "train:4", "DLRUN_TEST_PAUSE_RANK": "1",
                             "DLRUN_TEST_PAUSE_DIR": str(pauses)})
-    marker = wait_for(pauses / "paused-train:4", process)
+    marker = wait_for(pauses / "paused-train:4", process, TIMEOUT)
     os.kill(int(marker.read_text()), signal.SIGTERM)
     (pauses / "go-train:4").touch()
     stopped = finished(process)
@@ -150,13 +149,3 @@ def test_a_one_process_checkpoint_continues_on_two_a_signal_to_one_stops_both_an
     status = read_json(run_dir / "status.json")
     assert [attempt["outcome"] for attempt in status["attempts"]] == ["completed", "interrupted", "completed"]
     assert only_run_dir(tmp_path / "outputs") == run_dir
-
-
-def wait_for(path: Path, process: subprocess.Popen) -> Path:
-    deadline = time.monotonic() + TIMEOUT
-    while not path.exists():
-        if process.poll() is not None:
-            raise AssertionError(f"torchrun exited ({process.returncode}) before {path.name}: {process.stderr.read()}")
-        assert time.monotonic() < deadline, f"timed out waiting for {path}"
-        time.sleep(0.005)
-    return path

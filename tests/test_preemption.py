@@ -11,14 +11,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import DLRUN, TIMINGS, only_run_dir, read_json, run_cli
+from conftest import DLRUN, TIMINGS, only_run_dir, read_json, run_cli, wait_for
 from dlrun.rundir import effective_status
 
 TESTS_DIR = str(Path(__file__).parent)
@@ -76,7 +75,7 @@ def run_with_pauses(cwd: Path, *args: str, stops: list[tuple[str, signal.Signals
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         for point, signum in stops:
-            marker = wait_for(pauses / f"paused-{point}", process)
+            marker = wait_for(pauses / f"paused-{point}", process, TIMEOUT)
             if signum is not None:
                 os.kill(int(marker.read_text()), signum)
             (pauses / f"go-{point}").touch()
@@ -86,15 +85,6 @@ def run_with_pauses(cwd: Path, *args: str, stops: list[tuple[str, signal.Signals
             process.kill()
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
-
-def wait_for(path: Path, process: subprocess.Popen) -> Path:
-    deadline = time.monotonic() + TIMEOUT
-    while not path.exists():
-        if process.poll() is not None:
-            raise AssertionError(f"dlrun exited ({process.returncode}) before {path.name}: {process.stderr.read()}")
-        assert time.monotonic() < deadline, f"timed out waiting for {path}"
-        time.sleep(0.005)
-    return path
 
 
 def test_kill_9_and_signals_at_every_stage_then_resume_give_one_bitwise_equal_run(tmp_path, uninterrupted):
