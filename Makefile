@@ -1,6 +1,7 @@
 # Two commands on a fresh machine with Python 3.11:
 #   make run    create .venv, install dlrun, train the default experiment
-#   make test   install if needed, run the test suite
+#   make test   install if needed, check the layering (lint-imports), run the test suite
+#               (a quick loop without the slow tests: make test PYTEST_ARGS='-m "not slow"')
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,6 +14,7 @@ run: $(STAMP)
 	$(BIN)/dlrun $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)

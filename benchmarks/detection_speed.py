@@ -4,7 +4,7 @@ The plain loop is d2l's train loop for TinySSD (14.7): `DataLoader(TensorDataset
 tensors, a copy to the device per batch, anchor targets assigned image by image with a Python
 loop over the objects (d2l's multibox_target), the class error and bbox MAE read with
 `float(...)` every step. dlrun's path is the code `dlrun` runs: device-resident uint8 images in a
-`TensorLoader`, batched anchor targets, `train.train_one_epoch` with the `Detection` task. Both
+`TensorLoader`, batched anchor targets, `dlrun.engine.loop.train_one_epoch` with the `Detection` task. Both
 train the same model (same initial weights) on the same synthetic images with SGD (lr 0.2,
 weight decay 5e-4) and the same batch size; both use the same loss (cross-entropy + smooth-L1).
 
@@ -25,15 +25,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.ops import box_iou
 
 import dlrun  # noqa: F401  (registers the config resolvers)
+from dlrun.config import validate
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
 from dlrun.data.synthetic_detection import synthetic_detection
 from dlrun.detection.boxes import encode_offsets, multibox_loss, split_predictions
+from dlrun.engine.loop import Trainer, train_one_epoch
+from dlrun.engine.precision import Precision
 from dlrun.models import build_model
-from dlrun.precision import Precision
-from dlrun.schema import validate
 from dlrun.tasks import Detection
-from dlrun.train import train_one_epoch
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
     task, precision = Detection(data.extras["classes"]), Precision("off", device)
 
     def dlrun_epoch() -> None:
-        train_one_epoch(dlrun_model, loader, task, dlrun_optimizer, None, precision, None, None, 1, 1)
+        train_one_epoch(Trainer(dlrun_model, task, dlrun_optimizer, precision), loader)
 
     plain_model = copy.deepcopy(model).to(device)
     plain_optimizer = sgd(plain_model)

@@ -2,7 +2,7 @@
 
 Writes 10,000 28x28 grey PNGs (scikit-learn's digits, upscaled and shifted) into a temporary
 folder and keeps the same pixels as a uint8 array. Every path trains LeNet (d2l's: sigmoid,
-SGD lr 0.9, batch 256) from the same initial weights with `train.train_one_epoch` or d2l's
+SGD lr 0.9, batch 256) from the same initial weights with `dlrun.engine.loop.train_one_epoch` or d2l's
 plain loop, and reports examples/s of the first epoch and the best of the later ones:
 
 - in memory: the arrays in a `TensorLoader` (the MNIST path);
@@ -43,16 +43,16 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 import dlrun  # noqa: F401  (registers the config resolvers)
-from dlrun.data import build_data
+from dlrun.config import validate
+from dlrun.data.build import build_data
 from dlrun.data.decode_cache import CACHE_ROOT_VARIABLE
 from dlrun.data.image_folder import default_workers
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
+from dlrun.engine.loop import Trainer, train_one_epoch
+from dlrun.engine.precision import Precision
 from dlrun.models import build_model
-from dlrun.precision import Precision
-from dlrun.schema import validate
 from dlrun.tasks import Classification
-from dlrun.train import train_one_epoch
 
 BATCH_SIZE, LR = 256, 0.9  # d2l's LeNet recipe
 
@@ -150,8 +150,7 @@ def config(root: Path, cache: str, workers: int = 0):
 
 
 def dlrun_epoch(net: nn.Module, loader, optimizer: torch.optim.Optimizer) -> None:
-    train_one_epoch(net, loader, Classification(), optimizer, None, Precision("off", torch.device("cpu")),
-                    None, None, 1, 1)
+    train_one_epoch(Trainer(net, Classification(), optimizer, Precision("off", torch.device("cpu"))), loader)
 
 
 def plain_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer) -> None:

@@ -27,16 +27,16 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
+from dlrun.config import validate
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
-from dlrun.device import configure_backends, prepare_model
+from dlrun.engine.device import configure_backends, prepare_model
+from dlrun.engine.loop import Trainer, train_one_epoch
+from dlrun.engine.optim import build_optimizer
+from dlrun.engine.precision import Precision
 from dlrun.models import build_model
-from dlrun.models.summary import summarize
-from dlrun.optim import build_optimizer
-from dlrun.schema import validate
-from dlrun.precision import Precision
+from dlrun.models.summary import summarize_model
 from dlrun.tasks import Classification
-from dlrun.train import train_one_epoch
 
 # Classifiers only: detection models (`for_task: detection`) have benchmarks/detection_speed.py.
 MODELS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*.yaml")
@@ -82,7 +82,7 @@ def bench(name: str, batches: int, batch_size: int, warmup: int, channels_last: 
     labels = torch.randint(0, cfg.dataset.num_outputs, (examples,))
     model = build_model(cfg.model)
     twin = copy.deepcopy(model)
-    flops = summarize(model, images[:1]).flops
+    flops = summarize_model(model, images[:1]).flops
     cfg.device.compile = False  # eager: the compile's payoff is training_speed.py's --compile
     net = prepare_model(model, cfg.device)
 
@@ -94,11 +94,11 @@ def bench(name: str, batches: int, batch_size: int, warmup: int, channels_last: 
     dlrun_loader = TensorLoader(split, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
     plain_loader = DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=True)
     warm = warmup * batch_size
-    train_one_epoch(net, TensorLoader(split.select(slice(0, warm)), batch_size), task, dlrun_optimizer,
-                    None, precision, None, None, 0, 0)
+    trainer = Trainer(net, task, dlrun_optimizer, precision)
+    train_one_epoch(trainer, TensorLoader(split.select(slice(0, warm)), batch_size))
     plain_loop(twin, plain_optimizer, DataLoader(TensorDataset(images[:warm], labels[:warm]), batch_size=batch_size))
 
-    dlrun_s = seconds(lambda: train_one_epoch(net, dlrun_loader, task, dlrun_optimizer, None, precision, None, None, 1, 1))
+    dlrun_s = seconds(lambda: train_one_epoch(trainer, dlrun_loader))
     plain_s = seconds(lambda: plain_loop(twin, plain_optimizer, plain_loader))
     return {"model": name, "input": "x".join(map(str, cfg.dataset.input_shape)), "gflops": flops / 1e9,
             "dlrun": examples / dlrun_s, "plain": examples / plain_s, "ratio": plain_s / dlrun_s}

@@ -4,7 +4,7 @@ The plain loop is d2l's: `DataLoader(TensorDataset(...))` over host tensors, a c
 device per batch and a `.item()` per step, in a Python process of its own as a user's script
 runs. dlrun's path is the code `dlrun` runs, in a process set up as `dlrun` sets it up
 (`configure_backends`: threads, `device.host_allocator`): the device-resident `TensorLoader` and
-`train.train_one_epoch`. Both train the same model (same initial weights), on the same synthetic
+`dlrun.engine.loop.train_one_epoch`. Both train the same model (same initial weights), on the same synthetic
 data, with the same optimizer and batch size. `--host-allocator system` leaves glibc's defaults in
 dlrun's process too, which shows how much of the difference the allocator makes.
 
@@ -47,18 +47,18 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import dlrun  # noqa: F401  (registers the config resolvers)
+from dlrun.config import validate
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
-from dlrun.compiling import CompileSwitch, Estimate, steps_to_pay
-from dlrun.device import configure_backends, prepare_model, use_memory_format
+from dlrun.engine.compiling import CompileSwitch, Estimate, steps_to_pay
+from dlrun.engine.device import configure_backends, prepare_model, use_memory_format
+from dlrun.engine.loop import Trainer, train_one_epoch
+from dlrun.engine.precision import AMP_DTYPES, Precision
 from dlrun.models import build_model
-from dlrun.models.summary import summarize
-from dlrun.precision import AMP_DTYPES, Precision
-from dlrun.preemption import StopSignals
-from dlrun.saving import Checkpointer, SaveSchedule
-from dlrun.schema import validate
+from dlrun.models.summary import summarize_model
+from dlrun.run.save_points import SavePoints, SaveSchedule
+from dlrun.run.stop_signals import StopSignals
 from dlrun.tasks import Classification
-from dlrun.train import train_one_epoch
 
 
 @dataclass
@@ -150,7 +150,7 @@ def measure(workload: Workload, device: torch.device, steps: int | None, args: a
     torch.manual_seed(0)
     images, labels = synthetic_data(workload)
     model = build_model(cfg.model)
-    flops = summarize(model, images[:1]).flops
+    flops = summarize_model(model, images[:1]).flops
     batches = steps or -(-workload.examples // workload.batch_size)
 
     dlrun_model = copy.deepcopy(model).to(device)
@@ -161,11 +161,11 @@ def measure(workload: Workload, device: torch.device, steps: int | None, args: a
                           generator=torch.Generator().manual_seed(0), limit_batches=batches)
     task = Classification()
     # The checks dlrun's loop makes after every step (stop signal, save schedule); none is due here.
-    saver = Checkpointer(Path("unused"), lambda position, rng: {}, SaveSchedule(None, 10), StopSignals(),
-                         loader.generator)
+    saver = SavePoints(Path("unused"), lambda position, rng: {}, SaveSchedule(None, 10), StopSignals(),
+                       loader.generator)
 
     def dlrun_epoch() -> None:
-        train_one_epoch(net, loader, task, optimizer, None, precision, None, None, 1, 1, on_step=saver.after_step)
+        train_one_epoch(Trainer(net, task, optimizer, precision), loader, on_step=saver.after_step)
 
     compiled_model = copy.deepcopy(model).to(device)
     use_memory_format(compiled_model, cfg.device)
@@ -174,8 +174,7 @@ def measure(workload: Workload, device: torch.device, steps: int | None, args: a
     compiled_optimizer = torch.optim.SGD(compiled_model.parameters(), lr=workload.lr)
 
     def compiled_epoch() -> None:
-        train_one_epoch(compiled_net, loader, task, compiled_optimizer, None, precision, None, None, 1, 1,
-                        on_step=saver.after_step)
+        train_one_epoch(Trainer(compiled_net, task, compiled_optimizer, precision), loader, on_step=saver.after_step)
 
     # The plain loop runs in a fresh Python process of its own, as a user's script would: dlrun's
     # process settings (device.host_allocator, dlrun.host_memory) do not reach it.
@@ -242,7 +241,7 @@ def compile_probe(workload: Workload, device: torch.device, args: argparse.Names
     net.times.update = lambda *a, **k: None
     loader = TensorLoader(TensorSplit(images, labels).to(device), workload.batch_size, shuffle=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=workload.lr)
-    train_one_epoch(net, loader, Classification(), optimizer, None, Precision(args.amp, device), None, None, 1, 1)
+    train_one_epoch(Trainer(net, Classification(), optimizer, Precision(args.amp, device)), loader)
     return net.compile_seconds
 
 

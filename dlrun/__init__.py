@@ -2,7 +2,9 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from dlrun import resolvers as _resolvers  # noqa: F401  (registers ${dlrun.*} before any composition)
+# Register the ${dlrun.*} resolvers before any composition (neither imports torch).
+from dlrun.config import resolvers as _config_resolvers  # noqa: F401
+from dlrun.data import resolvers as _data_resolvers  # noqa: F401
 
 try:
     __version__ = version("dlrun")

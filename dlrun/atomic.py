@@ -1,5 +1,5 @@
-"""Atomic, durable file writes: a reader, a restarted run or a machine that lost power sees the
-old file or the new one, never half of one.
+"""Atomic, durable file writes, and the JSON files a run directory holds: a reader, a restarted run
+or a machine that lost power sees the old file or the new one, never half of one.
 
 The recipe is the POSIX one: write a temporary file next to the target, fsync it, rename it
 over the target (`os.replace` is atomic within one file system), then fsync the directory so
@@ -13,10 +13,11 @@ would make them 0600, hiding them from the rest of a team on a shared cluster).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -36,6 +37,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         temporary.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` atomically: a reader sees the old file or the new one, never half of one."""
+    atomic_write(path, lambda temporary: temporary.write_text(json.dumps(data, indent=2, default=str) + "\n"))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
 
 
 def fsync_directory(directory: Path) -> None:

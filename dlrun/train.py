@@ -1,46 +1,44 @@
-"""The training run: build everything from the config, then epochs of train → validate → checkpoint.
+"""A training run from its config: one attempt at the run, then build → fit → test.
 
-`run(cfg)` is what the CLI calls and what tests call with a config from Hydra's compose API.
-Which run an attempt continues is dlrun.resume's; when last.pt is written (epoch ends, a
-schedule inside epochs, stop signals) is dlrun.saving's; signals themselves dlrun.preemption's;
-one run on several processes (torchrun, Slurm) dlrun.distributed's: there `ranks` shares out
-the batches, adds up the metrics, and rank 0 alone writes the run directory.
+`run(cfg)` is what the CLI calls and what tests call with a config from Hydra's compose API:
+it begins an attempt (dlrun.run.attempt: validation, processes, which directory it writes and
+whether it continues a run there), trains once or fold by fold (dlrun.run.kfold), and records
+how the attempt ended. `train` is one training run: `build_training` (dlrun.engine.setup),
+`fit` (epochs of train → validate → log → save) and `test` (the best epoch's weights on the
+test split), then summary.json. When last.pt is written and how a stop signal is honoured is
+dlrun.run.save_points'; one run on several processes (torchrun, Slurm) is dlrun.engine.distributed's:
+there `ranks` shares out the batches, adds up the metrics, and rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Optional
 
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from torch import nn
 
-from dlrun import checkpoint, hparams, logs
-from dlrun.attempt import in_multirun, planned_epochs, run_attempt
-from dlrun.checkpoint import EpochPosition
-from dlrun.compiling import CompileSwitch, compile_report, compile_seconds, sync_clock
-from dlrun.curves import write_run_curves
-from dlrun.data import Loader, build_data
+from dlrun.atomic import write_json
 from dlrun.data.card import write_card
-from dlrun.device import configure_backends, prepare_model, select_device
-from dlrun.distributed import Ranks
-from dlrun.grad_norms import GradNorms
-from dlrun.models import build_model
-from dlrun.models.summary import summarize
-from dlrun.optim import build_l1_penalty, build_optimizer
-from dlrun.precision import Precision
-from dlrun.preemption import StopSignals
-from dlrun.rundir import SUMMARY_FILE, RunStatus, environment, write_json
-from dlrun.saving import Checkpointer, SaveSchedule, check_finite
-from dlrun.schedulers import Scheduler, build_scheduler
-from dlrun.tasks import Task, build_task
+from dlrun.engine.compiling import compile_report, compile_seconds
+from dlrun.engine.distributed import Ranks
+from dlrun.engine.loop import evaluate, train_one_epoch
+from dlrun.engine.position import EpochPosition, TrainingProgress
+from dlrun.engine.setup import Training, build_training
+from dlrun.models.summary import ModelSummary, summarize_model
+from dlrun.report import console, hparams
+from dlrun.report.curves import write_run_curves
+from dlrun.report.metrics_log import MetricsLog, NoMetricsLog
+from dlrun.run import attempt as attempts
+from dlrun.run import checkpoint, kfold
+from dlrun.run.attempt import Attempt, job_number, planned_epochs
+from dlrun.run.run_dir import SUMMARY_FILE, environment
+from dlrun.run.save_points import SavePoints, SaveSchedule
+from dlrun.run.status import RunStatus
+from dlrun.run.stop_signals import StopSignals
 
 log = logging.getLogger("dlrun")
 
@@ -49,9 +47,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Validate `cfg`, train (or continue a run), test on the best checkpoint; return what summary.json holds.
 
     `run_dir` defaults to Hydra's output directory; continuing a run happens in that run's own
-    directory instead (dlrun.resume). status.json tracks the outcome and the attempts; a
+    directory instead (dlrun.run.resume). status.json tracks the outcome and the attempts; a
     failure is recorded there and re-raised for the caller. A stop signal ends the run after
-    saving where it stands, with `preemption.Interrupted` (exit code 128 + the signal).
+    saving where it stands, with `stop_signals.Interrupted` (exit code 128 + the signal).
 
     On several processes every one of them calls it: rank 0 picks and writes the run directory
     (the others' `run_dir` is not used), and they stop together. A failure that not all of them
@@ -59,18 +57,40 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """
     run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(cfg)
     with StopSignals() as stop:
-        summary, ranks = run_attempt(cfg, run_dir, stop, train)
-        signum = ranks.agree_now(stop.signum)
+        attempt = attempts.begin(cfg, run_dir)
+        with attempt.recording(stop):
+            summary = attempt.done if attempt.done is not None else _train_attempt(attempt, stop)
+        signum = attempt.ranks.agree_now(stop.signum)
         if signum:  # too late to stop this run, but a sweep stops before its next job
             stop.adopt(signum)
             raise stop.interrupted(f"{stop.name} received as the run ended; the run is complete")
         return summary
 
 
+def _train_attempt(attempt: Attempt, stop: StopSignals) -> dict[str, Any]:
+    """The attempt's training: the run once, or fold by fold (trainer.kfold), from where the plan says."""
+    if attempt.cfg.trainer.kfold:
+        return _train_folds(attempt, stop)
+    return train(attempt.cfg, attempt.run_dir, resume_from=attempt.plan.checkpoint, in_place=attempt.plan.in_place,
+                 stop=stop, status=attempt.status, ranks=attempt.ranks)
+
+
+def _train_folds(attempt: Attempt, stop: StopSignals) -> dict[str, Any]:
+    """trainer.kfold: every fold that is not complete yet, each a training run of its own; their summary."""
+    started = time.perf_counter()
+    cfg, writes = attempt.cfg, attempt.ranks.is_main
+    summaries = [fold.completed or train(cfg, fold.directory, fold=fold.index, resume_from=fold.checkpoint,
+                                         in_place=fold.checkpoint is not None, stop=stop, status=attempt.status,
+                                         ranks=attempt.ranks)
+                 for fold in kfold.folds(cfg.trainer.kfold, attempt.run_dir, planned_epochs(cfg),
+                                         attempt.plan.in_place, writes)]
+    return kfold.combine(summaries, attempt.run_dir, time.perf_counter() - started, writes)
+
+
 def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_from: Optional[Path] = None,
           in_place: bool = False, stop: Optional[StopSignals] = None,
           status: Optional[RunStatus] = None, ranks: Ranks = Ranks()) -> dict[str, Any]:
-    """One training run in `run_dir`; with `fold`, validation is that fold of trainer.kfold (see dlrun.kfold).
+    """One training run in `run_dir`; with `fold`, validation is that fold of trainer.kfold (dlrun.run.kfold).
 
     `resume_from` is a checkpoint to continue from; `in_place` says it belongs to this run, whose
     metrics.jsonl lines and TensorBoard steps after it are then dropped. `stop` is polled for stop
@@ -79,270 +99,165 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
     """
     started = time.perf_counter()
     stop = stop if stop is not None else StopSignals()  # not entered: never requested
-    device = select_device(cfg.device.type, job_num=HydraConfig.get().job.num if in_multirun() else 0,
-                           local_rank=ranks.local_rank if ranks.distributed else None)
-    configure_backends(cfg.device, processes_here=ranks.local_world)
-    precision = Precision(cfg.device.amp, device)
-    seed_everything(cfg.seed)
-    shuffle_generator = torch.Generator().manual_seed(cfg.seed)
-
-    data = build_data(cfg, device, shuffle_generator, fold=fold, shard=ranks.shard)
-    regularization = cfg.regularization
-    task = build_task(cfg, data)
-    if ranks.is_main:
-        write_card(run_dir, cfg, data.task, data.extras)  # data.json: what evaluation, prediction and export read
-    model = ranks.convert_batchnorm(build_model(cfg.model, regularization.dropout), cfg.device.sync_batchnorm)
-    model = model.to(device)
-    net = prepare_model(model, cfg.device)  # what runs forward; `model` holds the weights we save
-    epochs = planned_epochs(cfg)
-    # With no validation split (dataset.val_fraction=0, e.g. d2l's 20-example weight-decay demo)
-    # the training metric picks the best epoch and drives early stopping and plateau schedules.
-    validating = len(data.val) > 0
-    monitor = f"{'val' if validating else 'train'}/{task.metric}"
-    optimizer = build_optimizer(cfg.optimizer, model, regularization)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, epochs, len(data.train), monitor, task.mode)
-    grad_clip = task.default_grad_clip if regularization.grad_clip is None else regularization.grad_clip
-    penalty = build_l1_penalty(model, regularization.l1, regularization.decay_bias_and_norm)
-    grad_norms = GradNorms(model, precision) if cfg.trainer.log_grad_norms else None
-    checkpoints = run_dir / "checkpoints"
-    objects = checkpoint.TrainingObjects(model, optimizer, scheduler, precision, shuffle_generator)
-    progress = checkpoint.Progress()
-
+    training = build_training(cfg, planned_epochs(cfg), fold, ranks, job_number())
+    if ranks.is_main:  # data.json: what evaluation, prediction and export read
+        write_card(run_dir, cfg, training.data.task, training.data.extras)
+    progress = TrainingProgress()
     if resume_from is not None:
-        progress = checkpoint.restore_training_state(resume_from, objects, device, checkpoints, ranks.rank)
-        if progress.position is not None:
-            progress.position.check_fits(len(data.train), len(data.train.split), data.train.shuffle, resume_from)
-            progress.position = ranks.take_share(progress.position)
-        where = progress.resume_point()
-        log.info("resuming from %s (%s)", resume_from, where["position"])
-        if status is not None:
-            status.continuing_from({"checkpoint": str(resume_from), **where})
-        if progress.epoch >= epochs or progress.stopped_early is not None:
-            log.info("nothing left to train: the checkpoint is at epoch %d of %d; testing it", progress.epoch, epochs)
+        progress = _resume(training, resume_from, run_dir / "checkpoints", status)
     if resume_from is None or not progress.own_rng_restored:
         ranks.seed_own_streams(cfg.seed, progress.global_step)  # dropout of its own on each process
-    train_net = ranks.wrap(net, device)  # DDP on several processes: gradients averaged in backward
-
-    # An example from the test loader: it is not augmented, so no random numbers are drawn
-    # here (an exact resume depends on the RNG streams being untouched).
-    summary = summarize(model, data.test.example_input())
-    if ranks.is_main:
-        _save_model_summary(run_dir, summary)
-    processes = f", {ranks.world} processes of batch {cfg.trainer.batch_size // ranks.world}" if ranks.distributed else ""
-    device_line = f"{device}, {torch.get_num_threads()} CPU threads{processes}"
-    logs.show_start(hparams.group_choices(), hparams.overrides(), device_line, summary.table())
+    training.trainer.net = ranks.wrap(training.net, training.device)  # DDP: gradients averaged in backward
+    model_summary = _show_start(training, run_dir, cfg.trainer.batch_size)
 
     continue_from = (progress.epoch, progress.metrics_lines) if in_place and resume_from is not None else None
-    metrics_log = (logs.MetricsLog(run_dir, overlay=("loss", task.metric), continue_from=continue_from)
-                   if ranks.is_main else logs.NoMetricsLog())
+    metrics_log = (MetricsLog(run_dir, overlay=("loss", training.trainer.task.metric), continue_from=continue_from)
+                   if ranks.is_main else NoMetricsLog())
     with metrics_log:
 
         def snapshot(position: Optional[EpochPosition], rng: Optional[dict[str, Any]]) -> dict[str, Any]:
-            return checkpoint.training_state(cfg, objects, progress, monitor, position, rng,
-                                             elapsed_s=progress.elapsed_s + time.perf_counter() - started,
-                                             metrics_lines=metrics_log.lines)
+            return checkpoint.training_state(cfg, training, progress, position, rng, metrics_lines=metrics_log.lines,
+                                             elapsed_s=progress.elapsed_s + time.perf_counter() - started)
 
-        schedule = SaveSchedule(cfg.trainer.save_every_steps, cfg.trainer.save_every_minutes)
-        saver = Checkpointer(checkpoints, snapshot, schedule, stop, shuffle_generator,
-                             where=f"fold {fold}: " if fold is not None else "", ranks=ranks,
-                             carried=task.carried_state)
-        first_epoch = progress.epoch + 1 if progress.stopped_early is None else epochs + 1
-        for epoch in range(first_epoch, epochs + 1):
-            position = progress.position or EpochPosition.start(epoch, data.train, progress.global_step, device)
-            progress.position = None
-            saver.before_steps(position)
-            compiled_before = compile_seconds(net)
-            train_metrics = train_one_epoch(train_net, data.train, task, optimizer, scheduler, precision, grad_clip,
-                                            penalty, epoch, epochs, position=position, on_step=saver.after_step,
-                                            ranks=ranks, grad_norms=grad_norms)
-            compile_s = compile_seconds(net) - compiled_before  # reported apart: throughput excludes it
-            training_seconds = position.seconds_so_far() - compile_s  # train_one_epoch ends with a host sync
-            saver.start_validation(position)
-            ranks.sync_buffers(model)  # every process validates with rank 0's BatchNorm statistics
-            val_metrics = (evaluate(net, data.val, task, precision, on_batch=saver.during_validation, ranks=ranks)
-                           if validating else {})
-            examples_per_sec = data.train.num_examples / training_seconds
-            history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
-                       "lr": optimizer.param_groups[0]["lr"],
-                       "examples_per_sec": examples_per_sec, **task.speed_metrics(examples_per_sec),
-                       "epoch_time_s": position.seconds_so_far(), **({"compile_s": compile_s} if compile_s else {})}
-            if scheduler is not None and scheduler.interval == "epoch":
-                scheduler.step(history)
-            metrics_log.write(epoch, history)
-            if grad_norms is not None and ranks.is_main:
-                grad_norms.write(metrics_log.writer, epoch)
-            log.info(logs.epoch_line(epoch, epochs, history))
-            for tag, text in (task.epoch_texts(model) if ranks.is_main else {}).items():
-                metrics_log.write_text(tag, text, epoch)
-            for tag, image in (task.epoch_images(model) if ranks.is_main else {}).items():
-                metrics_log.write_image(tag, image, epoch)
-
-            improved = _is_better(history[monitor], progress.best_value, task.mode)
-            if improved:
-                progress.best_value, progress.best_epoch = history[monitor], epoch
-            progress.epoch, progress.history, progress.global_step = epoch, history, position.global_step
-            if _patience_ran_out(epoch, progress.best_epoch, regularization.early_stopping):
-                progress.stopped_early = epoch
-            saver.end_of_epoch(epoch, improved)  # last.pt (and best.pt); a pending stop signal stops here
-            if progress.stopped_early is not None:
-                log.info("early stopping after epoch %d: %s has not improved for %d epochs (best: epoch %s)",
-                         epoch, monitor, regularization.early_stopping, progress.best_epoch)
-                break
-
-        best_path = checkpoints / checkpoint.BEST
-        if best_path.exists():  # test once, on the best epoch's weights (every process reads rank 0's file)
-            model.load_state_dict(checkpoint.load_checkpoint(best_path, map_location=device)["model"])
-        ranks.sync_buffers(model)
-        test_metrics = _prefixed("test", evaluate(net, data.test, task, precision, on_batch=saver.during_test,
-                                                  ranks=ranks))
-        # e.g. multi-step forecasts and their figure: rank 0 writes, the others get its numbers
-        test_metrics.update(ranks.from_main(lambda: task.after_test(net, run_dir)))
-        duration = progress.elapsed_s + time.perf_counter() - started
+        save_points = SavePoints(run_dir / "checkpoints", snapshot,
+                                 SaveSchedule(cfg.trainer.save_every_steps, cfg.trainer.save_every_minutes), stop,
+                                 training.shuffle_generator, where=f"fold {fold}: " if fold is not None else "",
+                                 ranks=ranks, carried=training.trainer.task.carried_state)
+        fit(training, progress, save_points, metrics_log, cfg.regularization.early_stopping)
+        test_metrics = test(training, progress, save_points, run_dir)
+        results = {**test_metrics, training.monitor.replace("/", "/best_"): _or_nan(progress.best_value),
+                   "run/epochs": progress.epoch, "run/duration_s": progress.elapsed_s + time.perf_counter() - started}
         # The run's results, logged as scalars so the HPARAMS tab can show them next to the hparams.
-        results = {**test_metrics, monitor.replace("/", "/best_"): _or_nan(progress.best_value),
-                   "run/epochs": progress.epoch, "run/duration_s": duration}
         metrics_log.write(progress.epoch, results)
         if ranks.is_main:
             hparams.write_hparams(metrics_log.writer, hparams.run_hparams(cfg), results)
+    summary = _summary(cfg, training, progress, test_metrics, results["run/duration_s"], model_summary)
+    if ranks.is_main:
+        write_json(run_dir / SUMMARY_FILE, summary)
+        write_run_curves(run_dir, training.trainer.task.metric)  # curves.png
+    console.show_results(_results_rows(progress.history, test_metrics), run_dir)
+    return summary
 
-    summary_data = {
+
+def fit(training: Training, progress: TrainingProgress, save_points: SavePoints, metrics_log: MetricsLog,
+        patience: int) -> None:
+    """Epochs of train → validate → log → save, from where `progress` stands to the last planned epoch
+    (or until `patience` epochs pass without a better monitored metric; 0 = never)."""
+    trainer, data, ranks = training.trainer, training.data, training.trainer.ranks
+    first_epoch = progress.epoch + 1 if progress.stopped_early is None else trainer.epochs + 1
+    for epoch in range(first_epoch, trainer.epochs + 1):
+        position = progress.position or EpochPosition.start(epoch, data.train, progress.global_step, training.device)
+        progress.position = None
+        save_points.before_steps(position)
+        compiled_before = compile_seconds(training.net)
+        train_metrics = train_one_epoch(trainer, data.train, position, on_step=save_points.after_step)
+        compile_s = compile_seconds(training.net) - compiled_before  # reported apart: throughput excludes it
+        training_seconds = position.seconds_so_far() - compile_s  # train_one_epoch ends with a host sync
+        save_points.start_validation(position)
+        ranks.sync_buffers(training.model)  # every process validates with rank 0's BatchNorm statistics
+        val_metrics = (evaluate(training.net, data.val, trainer.task, trainer.precision,
+                                on_batch=save_points.during_validation, ranks=ranks) if training.validating else {})
+        examples_per_sec = data.train.num_examples / training_seconds
+        history = {**_prefixed("train", train_metrics), **_prefixed("val", val_metrics),
+                   "lr": trainer.optimizer.param_groups[0]["lr"],
+                   "examples_per_sec": examples_per_sec, **trainer.task.speed_metrics(examples_per_sec),
+                   "epoch_time_s": position.seconds_so_far(), **({"compile_s": compile_s} if compile_s else {})}
+        if trainer.scheduler is not None and trainer.scheduler.interval == "epoch":
+            trainer.scheduler.step(history)
+        _log_epoch(training, metrics_log, epoch, history)
+        improved = progress.record_epoch(epoch, history, position.global_step, training.monitor, trainer.task.mode)
+        if patience > 0 and epoch - (progress.best_epoch or 0) >= patience:
+            progress.stopped_early = epoch
+        save_points.end_of_epoch(epoch, improved)  # last.pt (and best.pt); a pending stop signal stops here
+        if progress.stopped_early is not None:
+            log.info("early stopping after epoch %d: %s has not improved for %d epochs (best: epoch %s)",
+                     epoch, training.monitor, patience, progress.best_epoch)
+            break
+
+
+def test(training: Training, progress: TrainingProgress, save_points: SavePoints, run_dir: Path) -> dict[str, float]:
+    """The test split's metrics with the best epoch's weights (last.pt's when no epoch improved)."""
+    trainer, ranks = training.trainer, training.trainer.ranks
+    best_path = save_points.directory / checkpoint.BEST
+    if best_path.exists():  # every process reads rank 0's file
+        training.model.load_state_dict(checkpoint.load_checkpoint(best_path, map_location=training.device)["model"])
+    ranks.sync_buffers(training.model)
+    metrics = _prefixed("test", evaluate(training.net, training.data.test, trainer.task, trainer.precision,
+                                         on_batch=save_points.during_test, ranks=ranks))
+    # e.g. multi-step forecasts and their figure: rank 0 writes, the others get its numbers
+    metrics.update(ranks.from_main(lambda: trainer.task.after_test(training.net, run_dir)))
+    return metrics
+
+
+def _resume(training: Training, source: Path, checkpoints: Path, status: Optional[RunStatus]) -> TrainingProgress:
+    """Load `source` into the training objects; the progress it holds, its mid-epoch position fitted to this run."""
+    ranks = training.trainer.ranks
+    progress = checkpoint.restore_training_state(source, training, checkpoints, ranks.rank)
+    if progress.position is not None:
+        train = training.data.train
+        progress.position.check_fits(len(train), len(train.split), train.shuffle, source)
+        progress.position = ranks.take_share(progress.position)
+    where = progress.resume_point()
+    log.info("resuming from %s (%s)", source, where["position"])
+    if status is not None:
+        status.continuing_from({"checkpoint": str(source), **where})
+    if progress.epoch >= training.trainer.epochs or progress.stopped_early is not None:
+        log.info("nothing left to train: the checkpoint is at epoch %d of %d; testing it",
+                 progress.epoch, training.trainer.epochs)
+    return progress
+
+
+def _show_start(training: Training, run_dir: Path, batch_size: int) -> ModelSummary:
+    """The config, the device and the model table; model_summary.txt in the run directory."""
+    ranks = training.trainer.ranks
+    # An example from the test loader: it is not augmented, so no random numbers are drawn
+    # here (an exact resume depends on the RNG streams being untouched).
+    summary = summarize_model(training.model, training.data.test.example_input())
+    if ranks.is_main:
+        with open(run_dir / "model_summary.txt", "w") as handle:
+            console.Console(width=120, file=handle).print(summary.table())
+    processes = f", {ranks.world} processes of batch {batch_size // ranks.world}" if ranks.distributed else ""
+    device_line = f"{training.device}, {torch.get_num_threads()} CPU threads{processes}"
+    console.show_start(hparams.group_choices(), hparams.overrides(), device_line, summary.table())
+    return summary
+
+
+def _log_epoch(training: Training, metrics_log: MetricsLog, epoch: int, history: dict[str, float]) -> None:
+    """The epoch's scalars, its line in the log, and (rank 0) the gradient norms and the task's texts and pictures."""
+    trainer, is_main = training.trainer, training.trainer.ranks.is_main
+    metrics_log.write(epoch, history)
+    if trainer.grad_norms is not None and is_main:
+        trainer.grad_norms.write(metrics_log.writer, epoch)
+    log.info(console.epoch_line(epoch, trainer.epochs, history))
+    for tag, text in (trainer.task.epoch_texts(training.model) if is_main else {}).items():
+        metrics_log.write_text(tag, text, epoch)
+    for tag, image in (trainer.task.epoch_images(training.model) if is_main else {}).items():
+        metrics_log.write_image(tag, image, epoch)
+
+
+def _summary(cfg: DictConfig, training: Training, progress: TrainingProgress, test_metrics: dict[str, float],
+             duration: float, model_summary: ModelSummary) -> dict[str, Any]:
+    """What summary.json holds."""
+    ranks = training.trainer.ranks
+    return {
         "status": "completed",
         "epochs_completed": progress.epoch,
-        "monitor": monitor,
-        "mode": task.mode,
+        "monitor": training.monitor,
+        "mode": training.trainer.task.mode,
         "best_epoch": progress.best_epoch,
         "best_value": progress.best_value,
         "stopped_early": progress.stopped_early,  # the epoch early stopping ended the run, or null
         "final": progress.history,
         "test": test_metrics,
         "duration_s": duration,
-        "device": str(device),
+        "device": str(training.device),
         "world_size": ranks.world,  # processes that trained it; each took batch_size_per_rank of every batch
         "batch_size_per_rank": cfg.trainer.batch_size // ranks.world,
-        "model": {"params": summary.total_params, "flops_per_example": summary.flops},
+        "model": {"params": model_summary.total_params, "flops_per_example": model_summary.flops},
         "resumed_from": progress.resumed_from,
-        "compile": compile_report(net),  # null when device.compile=false
+        "compile": compile_report(training.net),  # null when device.compile=false
         "environment": environment(),
     }
-    if ranks.is_main:
-        write_json(run_dir / SUMMARY_FILE, summary_data)
-        write_run_curves(run_dir, task.metric)  # curves.png
-    logs.show_results(_results_rows(progress.history, test_metrics), run_dir)
-    return summary_data
-
-
-def train_one_epoch(model: nn.Module, loader: Loader, task: Task, optimizer: torch.optim.Optimizer,
-                    scheduler: Optional[Scheduler], precision: Precision, grad_clip: Optional[float],
-                    penalty: Optional[Callable[[], torch.Tensor]], epoch: int, epochs: int,
-                    position: Optional[EpochPosition] = None,
-                    on_step: Optional[Callable[[EpochPosition], None]] = None,
-                    ranks: Ranks = Ranks(), grad_norms: Optional[GradNorms] = None) -> dict[str, float]:
-    """forward, loss, backward, step for every batch; read the device-side sums once at the end.
-
-    `penalty` (the L1 term) is added to the loss that is minimised; the reported loss is the
-    task's own, so runs with and without it compare directly.
-
-    `position` is where the epoch stands (a fresh start when None; a resumed one goes on from
-    its step, in its order); it is advanced after every step, then `on_step(position)` is
-    called: dlrun.saving.Checkpointer, which saves on its schedule and stops on a signal.
-    `grad_norms` (trainer.log_grad_norms) records each layer's gradient norm after backward.
-
-    A non-finite loss is noticed here, after the epoch, without a host sync per step; it
-    raises TrainingDiverged before the caller can checkpoint the poisoned weights.
-
-    On several processes (`ranks`; `model` is then DDP's wrapper) each trains on its part of
-    every batch, its loss scaled by its share (dlrun.data.shard) so that DDP's averaged gradient
-    is the one-process gradient; the epoch's sums are added up over the processes at the end.
-    """
-    model.train()
-    task.start_pass(training=True)
-    device = next(model.parameters()).device
-    if position is None:
-        position = EpochPosition.start(epoch, loader, 0, device)
-    elif position.carried is not None:
-        task.restore_carried_state(position.carried)
-    # device.compile's switch, inside DDP's wrapper on several processes
-    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    switch = inner if isinstance(inner, CompileSwitch) else None
-    if switch is not None:  # device.compile=auto decides here, for the steps left in the run
-        switch.before_epoch(loader, (epochs - epoch + 1) * len(loader) - position.step)
-    first_step, compiled_before, started = position.step, compile_seconds(inner), sync_clock(device)
-    batches = loader.batches(position.order, start=position.step)
-    for inputs, targets in logs.with_progress(batches, len(loader) - position.step, f"epoch {epoch}/{epochs}"):
-        scale = loader.loss_scale(position.step)  # 1, except on several processes for a last, uneven batch
-        compiling = switch is not None and switch.compiles_on(inputs)
-        if compiling:  # this step's time is compile time, reported apart from training time
-            compile_started = sync_clock(device)
-        with precision.autocast():
-            outputs = task.forward(model, inputs, targets)
-            loss = task.loss(outputs, targets)
-        objective = loss if scale == 1 else loss * scale
-        if penalty is not None:
-            objective = objective + penalty()
-        optimizer.zero_grad(set_to_none=True)
-        precision.backward(objective)
-        if grad_norms is not None:
-            grad_norms.add()
-        precision.step(optimizer, model.parameters(), grad_clip)
-        if scheduler is not None and scheduler.interval == "step":
-            scheduler.step()
-        with torch.no_grad():  # bookkeeping on the device: cheaper than three detached copies
-            stats = task.batch_stats(outputs, targets, loss)
-            position.advance(objective, stats if scale else torch.zeros_like(stats))  # a placeholder counts 0
-        if compiling:
-            switch.compiled_step(sync_clock(device) - compile_started)
-        if on_step is not None:
-            on_step(position)
-    totals = ranks.totals(position)  # one all-reduce of the epoch's sums and step losses (none in one process)
-    check_finite(totals)
-    metrics = task.metrics(totals.sums.tolist())  # a host sync: the epoch's work is done
-    if switch is not None:  # this epoch's step time, for later compile decisions
-        compiling_s = switch.compile_seconds - compiled_before
-        switch.after_epoch(position.step - first_step, time.perf_counter() - started - compiling_s)
-    return metrics
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], task: Task, precision: Precision,
-             on_batch: Optional[Callable[[], None]] = None, ranks: Ranks = Ranks(),
-             observe: Optional[Callable[[torch.Tensor, Any, torch.Tensor], None]] = None) -> dict[str, float]:
-    """The task's metrics over `loader`; `on_batch()` is called before every batch (a stop check),
-    `observe(inputs, outputs, targets)` after it (dlrun-eval's confusion matrix and pictures).
-
-    On several processes each evaluates its part of every batch (`model` is the plain module,
-    no collective per batch) and the sums are added up once at the end.
-    """
-    model.eval()
-    task.start_pass(training=False)
-    sums = None
-    for inputs, targets in loader:
-        if on_batch is not None:
-            on_batch()
-        with precision.autocast():
-            outputs = task.forward(model, inputs, targets)
-            loss = task.loss(outputs, targets)
-        if observe is not None:
-            observe(inputs, outputs, targets)
-        batch = task.batch_stats(outputs, targets, loss)
-        sums = batch if sums is None else sums + batch
-    return task.metrics(ranks.sum_over(sums))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _patience_ran_out(epoch: int, best_epoch: Optional[int], patience: int) -> bool:
-    """Early stopping: `patience` epochs (0 = never stop) have passed since the best one."""
-    return patience > 0 and epoch - (best_epoch or 0) >= patience
-
-
-def _is_better(value: float, best: Optional[float], mode: str) -> bool:
-    if math.isnan(value):
-        return False
-    return best is None or (value > best if mode == "max" else value < best)
 
 
 def _prefixed(split: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -356,11 +271,6 @@ def _results_rows(history: dict[str, float], test: dict[str, float]) -> dict[str
         if metric:
             rows.setdefault(split, {})[metric] = value
     return rows
-
-
-def _save_model_summary(run_dir: Path, summary: Any) -> None:
-    with open(run_dir / "model_summary.txt", "w") as handle:
-        logs.Console(width=120, file=handle).print(summary.table())
 
 
 def _default_run_dir(cfg: DictConfig) -> Path:

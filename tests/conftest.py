@@ -14,6 +14,10 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 DLRUN = Path(sys.executable).with_name("dlrun")
+# Helper modules (test data writers, tiny models named by `_target_` overrides) live in tests/helpers/:
+# importable by the tests themselves, and by subprocesses given HELPERS_DIR on their PYTHONPATH.
+HELPERS_DIR = str(Path(__file__).parent / "helpers")
+sys.path.insert(0, HELPERS_DIR)
 
 
 def compose_config(*overrides: str) -> DictConfig:

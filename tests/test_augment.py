@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import compose_config
-from dlrun.data import build_data
+from dlrun.config import validate
 from dlrun.data.augment import (AUGMENTS, CROP_RATIO, build_augment, random_crop, random_flip, random_jitter,
                                 random_resized_crop, random_saturation)
+from dlrun.data.build import build_data
 from dlrun.errors import ConfigError
-from dlrun.schema import validate
 
 
 @pytest.fixture

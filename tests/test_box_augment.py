@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from conftest import compose_config
-from dlrun.data import build_data
+from dlrun.config import validate
 from dlrun.data.augment import AUGMENTS
 from dlrun.data.box_augment import BOX_AUGMENTS, build_box_augment
+from dlrun.data.build import build_data
 from dlrun.detection.targets import pad_target
 from dlrun.errors import ConfigError
-from dlrun.schema import validate
 
 SIZE = 32
 

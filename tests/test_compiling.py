@@ -14,11 +14,11 @@ import time
 import pytest
 from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-from conftest import compose_config, read_json
-from dlrun import compiling
-from dlrun.compiling import Estimate, StepTimes, decide, steps_to_pay
+from conftest import compose_config
+from dlrun.config import validate
+from dlrun.engine import compiling
+from dlrun.engine.compiling import Estimate, StepTimes, decide, steps_to_pay
 from dlrun.errors import ConfigError
-from dlrun.schema import validate
 from dlrun.train import run
 
 SMOKE = ("model=mlp", "device=cpu", "optimizer=sgd", "trainer.batch_size=32", "trainer.limit_batches=12")

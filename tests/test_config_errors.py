@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import compose_config, run_cli
+from dlrun.config import validate
 from dlrun.errors import ConfigError
-from dlrun.schema import validate
 
 # Each kind of failure through the real CLI (a subprocess costs seconds): an unknown group option and
 # unknown keys (Hydra's errors), a wrong type (OmegaConf's), a value out of range (dlrun's schema), a

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dlrun.curves import sweep_panels
-from dlrun.sweep import summarize
+from dlrun.run.leaderboard import read_sweep
+from dlrun.tools.sweep_report import sweep_panels
 
 DLRUN_REPORT = Path(sys.executable).with_name("dlrun-report")
 # val/acc per epoch of four jobs: lr=0.1 with seeds 0 and 1 (a seed group), lr=0.5 with seed 0, and one that stopped.
@@ -49,7 +49,7 @@ def sweep(tmp_path) -> Path:
 
 
 def test_seed_groups_are_drawn_as_mean_and_std(sweep):
-    loss, accuracy = sweep_panels(summarize(sweep))
+    loss, accuracy = sweep_panels(read_sweep(sweep))
     assert (loss.title, accuracy.title) == ("val/loss", "val/acc")
     group, single, stopped = accuracy.curves
     assert group.label == "lr=0.1 (mean ± std, 2 seeds)" and list(group.x) == [1, 2, 3]

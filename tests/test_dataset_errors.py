@@ -9,9 +9,9 @@ import torchvision
 
 from conftest import compose_config, run_cli
 from dataset_files import IDX_NAMES, idx_bytes, write_cifar10, write_house_csv, write_idx, write_leaves
-from dlrun.data import load_splits
+from dlrun.config import validate
+from dlrun.data.build import load_splits
 from dlrun.errors import DataError
-from dlrun.schema import validate
 
 
 def load(*overrides: str):

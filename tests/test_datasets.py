@@ -10,12 +10,12 @@ import torch
 
 from conftest import compose_config, read_json
 from dataset_files import dataset_overrides
-from dlrun.data import build_data
-from dlrun.schema import validate
+from dlrun.config import validate
+from dlrun.data.build import build_data
 from dlrun.train import run
 
 DATASETS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "dataset").glob("*.yaml"))
-TESTS_DIR = str(Path(__file__).parent)
+HELPERS_DIR = str(Path(__file__).parent / "helpers")  # modules named by `_target_` overrides
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def test_every_dataset_has_offline_overrides(tmp_path):
 
 @pytest.mark.parametrize("name", DATASETS)
 def test_dataset_option_trains_and_tests(name, overrides, cfg_for, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(TESTS_DIR)  # tiny_rnn for the language-model datasets
+    monkeypatch.syspath_prepend(HELPERS_DIR)  # tiny_rnn for the language-model datasets
     cfg = cfg_for(f"dataset={name}", *overrides[name], "debug=smoke", "trainer.batch_size=16")
     summary = run(cfg, run_dir=tmp_path / "run")
     assert read_json(tmp_path / "run" / "status.json")["status"] == "completed"

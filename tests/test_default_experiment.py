@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from conftest import compose_config
-from dlrun.data import build_data
-from dlrun.schema import validate
+from dlrun.config import validate
+from dlrun.data.build import build_data
 from dlrun.train import run
 
 

@@ -12,12 +12,12 @@ from omegaconf import OmegaConf
 from torchvision.models import get_model, get_model_weights
 
 from conftest import compose_config
+from dlrun.config import validate
 from dlrun.data.synthetic_detection import synthetic_detection
 from dlrun.errors import ConfigError
 from dlrun.models import build_model
-from dlrun.models.summary import summarize
+from dlrun.models.summary import summarize_model
 from dlrun.models.torchvision_detection import DETECTORS, TorchvisionDetector
-from dlrun.schema import validate
 from dlrun.tasks import Detection
 
 CONF = Path(__file__).parents[1] / "conf"
@@ -63,7 +63,7 @@ def test_forward_backward_and_evaluation_through_the_task(overrides):
     metrics = task.metrics(stats.tolist())
     assert 0 <= metrics["map50"] <= 1 and 0 <= metrics["map"] <= metrics["map50"]
     assert set(task.per_class_ap()) == {"square", "disc", "triangle"}
-    summary = summarize(model, images[:1])
+    summary = summarize_model(model, images[:1])
     assert summary.total_params == sum(p.numel() for p in model.parameters()) and summary.flops > 0
 
 

@@ -16,13 +16,13 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from conftest import compose_config, run_cli
 from dataset_files import write_coco_folder, write_voc
-from dlrun.data import build_data, load_splits
+from dlrun.config import validate
+from dlrun.data.build import build_data, load_splits
 from dlrun.data.synthetic_detection import synthetic_detection
 from dlrun.detection import detect
 from dlrun.detection.draw import draw_boxes
 from dlrun.errors import DataError
 from dlrun.models import build_model
-from dlrun.schema import validate
 from dlrun.train import run
 
 # TinySSD at three scales on 32-pixel images with one object each (d2l's banana set, shrunk): a few seconds an epoch.
@@ -165,6 +165,7 @@ def test_missing_voc_files_and_failed_downloads_say_where_to_put_them(tmp_path, 
         load_splits(validate(compose_config("dataset=voc", f"dataset.root={tmp_path}", "model=tiny_ssd")).dataset)
 
 
+@pytest.mark.slow
 def test_a_detection_sweep_ranks_jobs_by_map_with_hparams(tmp_path):
     result = run_cli("-m", *SMALL_SET, *SMALL_SSD, "dataset.num_train=32", "dataset.num_test=8", "debug=smoke",
                      "device.num_threads=1", "optimizer=sgd,adam", cwd=tmp_path)

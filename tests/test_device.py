@@ -12,12 +12,12 @@ import torch
 
 from conftest import compose_config, read_json, run_cli
 from dataset_files import write_cifar10
-from dlrun.data import build_data
-from dlrun.device import configure_backends, prepare_model
+from dlrun.config import validate
+from dlrun.data.build import build_data
+from dlrun.engine.device import configure_backends, prepare_model
+from dlrun.engine.precision import Precision
 from dlrun.errors import ConfigError
 from dlrun.models import build_model
-from dlrun.precision import Precision
-from dlrun.schema import validate
 from dlrun.train import run
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -104,6 +104,7 @@ def test_deterministic_and_threads_are_applied(restore_backends):
     assert torch.get_num_threads() == 1
 
 
+@pytest.mark.slow
 def test_compiled_training_saves_plain_weights(cfg_for, tmp_path):
     run(cfg_for("model=mlp", "device=cpu", "device.compile=true", "debug=smoke"), run_dir=tmp_path / "run")
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
@@ -152,7 +153,7 @@ def test_fp16_checkpoint_resumes_with_the_scaler_state(cfg_for, tmp_path):
 # prints the MiB still resident after the first free, and the page faults a settled step takes.
 ALLOCATING_STEPS = """
 import resource, sys, torch
-from dlrun.host_memory import use_host_allocator
+from dlrun.engine.host_memory import use_host_allocator
 use_host_allocator(sys.argv[1])
 def resident_mb():
     with open("/proc/self/statm") as statm:
@@ -188,7 +189,7 @@ def test_tuned_host_allocator_keeps_freed_memory_for_the_next_step():
 
 def test_configure_backends_applies_the_host_allocator_setting(monkeypatch, restore_backends):
     chosen = []
-    monkeypatch.setattr("dlrun.device.use_host_allocator", chosen.append)
+    monkeypatch.setattr("dlrun.engine.device.use_host_allocator", chosen.append)
     configure_backends(validate(compose_config("device.host_allocator=system")).device)
     configure_backends(validate(compose_config()).device)
     assert chosen == ["system", "tuned"]

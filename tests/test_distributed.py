@@ -23,7 +23,7 @@ import torch
 from conftest import compose_config, only_run_dir, read_json, wait_for
 from dlrun.train import run
 
-TESTS_DIR = str(Path(__file__).parent)
+HELPERS_DIR = str(Path(__file__).parent / "helpers")  # modules named by `_target_` overrides
 # 7 steps per epoch (the 7th: one example, on rank 0; rank 1 a placeholder), validation and test
 # of 97 examples; momentum, so optimizer state must travel through the checkpoints; a save every
 # 4 steps, so saves inside epochs gather the metric totals and both processes' RNG states.
@@ -63,7 +63,7 @@ def torchrun(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen
     """`torchrun --standalone --nproc_per_node=2 -m dlrun <args>` (the console script is torch.distributed.run)."""
     (cwd / "tmp").mkdir(exist_ok=True)  # where the other process's throwaway Hydra directory goes
     environment = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
-    environment.update({"PYTHONPATH": TESTS_DIR, "PYTHONUNBUFFERED": "1", "TMPDIR": str(cwd / "tmp"), **(env or {})})
+    environment.update({"PYTHONPATH": HELPERS_DIR, "PYTHONUNBUFFERED": "1", "TMPDIR": str(cwd / "tmp"), **(env or {})})
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              "-m", "dlrun", *args], cwd=cwd, env=environment, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -84,6 +84,7 @@ def one_process(tmp_path_factory) -> Outcome:
     return Outcome(in_process(tmp_path_factory.mktemp("one_process"), *BASE))
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_a_bad_batch_fails_in_step_and_a_failing_rank_ends_both(tmp_path, one_process):
     # A sweep of four jobs on two processes. Jobs 0 and 1: a batch of 15 cannot be shared by 2
     # processes (both say so, in step, and the sweep goes on); job 2: the run of `one_process`;
@@ -116,6 +117,7 @@ def test_two_processes_train_as_one_a_bad_batch_fails_in_step_and_a_failing_rank
     assert "dlrun: error: RuntimeError: rank 1 fails on purpose at forward 3" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_one_process_checkpoint_continues_on_two_a_signal_to_one_stops_both_and_one_process_finishes(
         tmp_path, one_process):
     pausing = (*BASE, "model._target_=pausing.PausingMLP")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import read_json, run_cli
+from conftest import HELPERS_DIR, read_json, run_cli
 from dlrun.errors import TrainingDiverged
 from dlrun.train import run
 
@@ -14,8 +14,7 @@ EXPLODING = ("model._target_=exploding.ExplodesAfter", "+model.steps=11", "train
              "dataset.subset=256", "trainer.epochs=3")
 
 
-def test_divergence_stops_at_the_epoch_with_the_first_bad_step(cfg_for, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path.parent))
+def test_divergence_stops_at_the_epoch_with_the_first_bad_step(cfg_for, tmp_path):
     with pytest.raises(TrainingDiverged, match="non-finite in epoch 2 at step 3"):
         run(cfg_for(*EXPLODING), run_dir=tmp_path / "run")
     status = read_json(tmp_path / "run" / "status.json")
@@ -26,8 +25,7 @@ def test_divergence_stops_at_the_epoch_with_the_first_bad_step(cfg_for, tmp_path
 
 
 def test_cli_exit_code_for_divergence(tmp_path):
-    tests_dir = str(__import__("pathlib").Path(__file__).parent)
-    result = run_cli(*EXPLODING, cwd=tmp_path, env={"PYTHONPATH": tests_dir})
+    result = run_cli(*EXPLODING, cwd=tmp_path, env={"PYTHONPATH": HELPERS_DIR})
     assert result.returncode == 3, result.stderr
     assert result.stderr.strip().splitlines() == [
         "dlrun: error: loss became non-finite in epoch 2 at step 3 (of 8); last.pt keeps the previous epoch. "

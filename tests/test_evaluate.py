@@ -18,15 +18,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import compose_config, read_json
 from dataset_files import REPETITIVE_TEXT, write_image_folder, write_text
 from dlrun.errors import ConfigError
-from dlrun.evaluate import evaluate_run, evaluation_config, merge_overrides
-from dlrun.evaluate import main as evaluate_main
-from dlrun.predict import main as predict
-from dlrun.reports import ReportOptions
+from dlrun.tools.evaluate import evaluate_run, evaluation_config, merge_overrides
+from dlrun.tools.evaluate import main as evaluate_main
+from dlrun.tools.loaded_run import load_run
+from dlrun.tools.outputs import OutputOptions
+from dlrun.tools.predict import main as predict
 from dlrun.train import run
-from dlrun.trained import load_run
 
 DLRUN_EVAL = Path(sys.executable).with_name("dlrun-eval")
-TESTS_DIR = str(Path(__file__).parent)
+HELPERS_DIR = str(Path(__file__).parent / "helpers")  # modules named by `_target_` overrides
 
 
 def train(root: Path, *overrides: str) -> Path:
@@ -91,6 +91,7 @@ def test_other_images_by_overrides_with_classes_matched_by_name(digits_run, tmp_
     assert result["metrics"]["all/acc"] > 0.5
 
 
+@pytest.mark.slow
 def test_cli_last_checkpoint_and_one_line_errors(digits_run, tmp_path, capsys):
     result = subprocess.run([str(DLRUN_EVAL), str(digits_run), "--checkpoint", "last"], capture_output=True,
                             text=True, timeout=120)
@@ -137,11 +138,11 @@ def test_regression_scatter_and_residuals(tmp_path):
 
 
 def test_language_model_perplexity_and_generated_text(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(TESTS_DIR)  # tiny_rnn
+    monkeypatch.syspath_prepend(HELPERS_DIR)  # tiny_rnn
     write_text(tmp_path / "text.txt", REPETITIVE_TEXT)
     run_dir = train(tmp_path, "dataset=text", f"dataset.path={tmp_path / 'text.txt'}", "dataset.num_steps=10",
                     "model=mlp", "model._target_=tiny_rnn.TinyRNN", "trainer.batch_size=16", "trainer.epochs=3")
-    result = evaluate_run(run_dir, [], options=ReportOptions(prefix="the qu", length=20))
+    result = evaluate_run(run_dir, [], options=OutputOptions(prefix="the qu", length=20))
     assert result["metrics"] == read_json(run_dir / "summary.json")["test"]
     text = result["generated"]["text"]
     assert text.startswith("the qu") and len(text) == len("the qu") + 20

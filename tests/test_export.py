@@ -15,12 +15,12 @@ from sklearn.datasets import load_digits
 from conftest import compose_config, read_json
 from dataset_files import REPETITIVE_TEXT, write_text
 from dlrun.errors import ConfigError
-from dlrun.export import ExportMismatch, _check, export_run
+from dlrun.tools.export import ExportMismatch, _check, export_run
+from dlrun.tools.loaded_run import load_run
 from dlrun.train import run
-from dlrun.trained import load_run
 
 DLRUN_EXPORT = Path(sys.executable).with_name("dlrun-export")
-TESTS_DIR = str(Path(__file__).parent)
+HELPERS_DIR = str(Path(__file__).parent / "helpers")  # modules named by `_target_` overrides
 onnx_extra = pytest.mark.skipif(any(importlib.util.find_spec(name) is None
                                     for name in ("onnx", "onnxscript", "onnxruntime")),
                                 reason="the dlrun[onnx] extra is not installed")
@@ -69,7 +69,7 @@ def test_onnx_round_trip(digits_run, tmp_path):
 
 
 def test_language_model_exports_take_any_batch_and_length(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(TESTS_DIR)  # tiny_rnn
+    monkeypatch.syspath_prepend(HELPERS_DIR)  # tiny_rnn
     write_text(tmp_path / "text.txt", REPETITIVE_TEXT)
     run(compose_config(f"output_root={tmp_path}", "dataset=text", f"dataset.path={tmp_path / 'text.txt'}",
                        "dataset.num_steps=8", "model=mlp", "model._target_=tiny_rnn.TinyRNN", "debug=smoke"),

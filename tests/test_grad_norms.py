@@ -9,10 +9,10 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from conftest import compose_config
-from dlrun.grad_norms import GradNorms
-from dlrun.precision import Precision
-from dlrun.rundir import config_fingerprint
-from dlrun.schema import validate
+from dlrun.config import validate
+from dlrun.engine.grad_norms import GradNorms
+from dlrun.engine.precision import Precision
+from dlrun.run.run_dir import config_fingerprint
 from dlrun.train import run
 
 

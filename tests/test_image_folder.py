@@ -14,15 +14,15 @@ from sklearn.datasets import load_digits
 
 from conftest import compose_config, run_cli
 from dataset_files import write_image_folder, write_leaves
-from dlrun.data import build_data
+from dlrun.config import validate
+from dlrun.data.build import build_data
 from dlrun.data.files import FileLoader
 from dlrun.data.image_folder import load_image_folder
 from dlrun.data.loader import TensorLoader
 from dlrun.errors import ConfigError, DataError
-from dlrun.schema import validate
 from dlrun.train import run
 
-TESTS_DIR = str(Path(__file__).parent)
+HELPERS_DIR = str(Path(__file__).parent / "helpers")  # modules named by `_target_` overrides
 
 
 def _data(*overrides: str):
@@ -60,7 +60,7 @@ def _write_grey_folder(root: Path, per_class: int = 6, size: int = 20) -> None:
 @pytest.mark.parametrize("cache", ["auto", "none"])
 def test_the_same_images_as_a_folder_and_as_arrays_reach_the_same_test_accuracy(cache, tmp_path, cfg_for,
                                                                                monkeypatch):
-    monkeypatch.syspath_prepend(TESTS_DIR)  # array_images
+    monkeypatch.syspath_prepend(HELPERS_DIR)  # array_images
     _write_digits(tmp_path / "digits", size=16)
     common = ("model=lenet", "model.batch_norm=true", "dataset.resize=16", "optimizer=adam", "optimizer.lr=0.01",
               "trainer.epochs=3", "trainer.batch_size=64", "device.num_threads=1", "seed=0")

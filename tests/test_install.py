@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import shutil
 import subprocess
@@ -27,6 +29,7 @@ def copy_source_tree(destination: Path) -> Path:
     return destination
 
 
+@pytest.mark.slow
 def test_wheel_ships_configs_and_runs_elsewhere(tmp_path):
     source = copy_source_tree(tmp_path / "source")
     target = tmp_path / "site"

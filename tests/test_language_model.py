@@ -10,17 +10,17 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import read_json
 from dataset_files import REPETITIVE_TEXT, write_text
-from dlrun.data import build_data
+from dlrun.config import validate
+from dlrun.data.build import build_data
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
 from dlrun.data.text import load_text, read_corpus
 from dlrun.errors import DataError
-from dlrun.schema import validate
 from dlrun.tasks import LanguageModel
 from dlrun.train import run
 from tiny_rnn import TinyRNN
 
-TESTS_DIR = str(Path(__file__).parent)
+HELPERS_DIR = str(Path(__file__).parent / "helpers")  # modules named by `_target_` overrides
 RNN = ("model=mlp", "model._target_=tiny_rnn.TinyRNN")
 
 
@@ -68,7 +68,7 @@ def test_state_is_carried_and_detached_only_with_sequential_sampling():
 
 @pytest.mark.parametrize("sampling", ["random", "sequential"])
 def test_perplexity_falls_far_below_the_vocabulary_size(sampling, cfg_for, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(TESTS_DIR)
+    monkeypatch.syspath_prepend(HELPERS_DIR)
     path = tmp_path / "text.txt"
     write_text(path, REPETITIVE_TEXT)
     cfg = cfg_for("dataset=text", f"dataset.path={path}", f"dataset.sampling={sampling}", "dataset.num_steps=10",
@@ -90,7 +90,7 @@ def test_language_models_clip_gradients_by_default():
 
 
 def test_time_machine_reads_a_placed_copy(cfg_for, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(TESTS_DIR)
+    monkeypatch.syspath_prepend(HELPERS_DIR)
     path = tmp_path / "timemachine.txt"
     write_text(path, "The Time Machine, by H. G. Wells [1898]\n\n" + "I\nThe Time Traveller (for so...\n" * 30)
     summary = run(cfg_for("dataset=time_machine", f"dataset.path={path}", "dataset.download=false", *RNN,
@@ -118,7 +118,7 @@ def test_held_out_tokens_train_on_the_first_tokens_and_hold_out_what_follows(tmp
 
 
 def test_held_out_validation_is_used_as_given(cfg_for, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(TESTS_DIR)
+    monkeypatch.syspath_prepend(HELPERS_DIR)
     path = tmp_path / "text.txt"
     write_text(path, REPETITIVE_TEXT)
     cfg = cfg_for("dataset=text", f"dataset.path={path}", "dataset.max_tokens=1000", "dataset.held_out_tokens=300",

@@ -36,7 +36,11 @@ FAMILIES = {
 }
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+SLOW_FAMILIES = {"torchvision"}  # over ten seconds: left out of `pytest -m "not slow"`
+
+
+@pytest.mark.parametrize("family", [pytest.param(family, marks=pytest.mark.slow) if family in SLOW_FAMILIES else family
+                                    for family in FAMILIES])
 def test_family_trains_well_above_chance(family, cfg_for, tmp_path):
     summary = run(cfg_for(*FAMILIES[family]), run_dir=tmp_path / "run")
     assert summary["test"]["test/acc"] >= 0.5, summary["test"]

@@ -9,11 +9,11 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
+from dlrun.config import validate
 from dlrun.errors import ConfigError
 from dlrun.models import build_model
 from dlrun.models.init import INIT_SCHEMES
-from dlrun.models.summary import summarize
-from dlrun.schema import validate
+from dlrun.models.summary import summarize_model
 
 # Models made for one task (`for_task: detection` in their YAML) have their own tests (test_detection_models.py).
 MODELS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*.yaml")
@@ -36,7 +36,7 @@ def test_model_forward_backward(name):
     for parameter_name, parameter in trainable:
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), parameter_name
 
-    summary = summarize(model, inputs[:1])
+    summary = summarize_model(model, inputs[:1])
     assert summary.total_params == sum(p.numel() for p in model.parameters())
     assert summary.rows[-1].output_shape == (cfg.dataset.num_outputs,)
     assert summary.flops > 0
@@ -48,7 +48,7 @@ def test_lenet_is_resized_to_its_design_size_and_counts_flops():
     cfg = validate(compose_config("model=lenet"))
     assert list(cfg.dataset.input_shape) == [1, 28, 28]
     model = build_model(cfg.model)
-    summary = summarize(model, torch.zeros(1, 1, 28, 28))
+    summary = summarize_model(model, torch.zeros(1, 1, 28, 28))
     first_conv = summary.rows[0]
     assert first_conv.output_shape == (6, 28, 28)
     assert first_conv.flops == 2 * 6 * 28 * 28 * 25  # multiply-adds of a 5x5 single-channel conv
@@ -83,7 +83,7 @@ def test_densenet_channels_follow_growth_rate_and_transitions():
 
 def test_recurrent_flops_count_every_gate_and_step():
     cfg = validate(compose_config("model=lstm", "model.hidden_size=16"))
-    summary = summarize(build_model(cfg.model), torch.zeros(1, 1, 8, 8))
+    summary = summarize_model(build_model(cfg.model), torch.zeros(1, 1, 8, 8))
     lstm_row = next(row for row in summary.rows if row.kind == "LSTM")
     assert lstm_row.flops == 2 * 4 * 16 * 8 * (8 + 16)  # 4 gates, 8 steps, input 8 + hidden 16
 

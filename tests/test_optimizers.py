@@ -10,9 +10,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from conftest import compose_config
+from dlrun.config import validate
+from dlrun.engine.optim import build_optimizer, parameter_groups
 from dlrun.models import build_model
-from dlrun.optim import build_optimizer, parameter_groups
-from dlrun.schema import validate
 
 CONF = Path(__file__).parents[1] / "conf"
 OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))

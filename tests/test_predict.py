@@ -16,10 +16,10 @@ from sklearn.datasets import load_digits
 from conftest import compose_config
 from dataset_files import write_house_csv
 from dlrun.data.tabular import encode_csv
-from dlrun.evaluate import evaluate_run
-from dlrun.predict import main as predict
+from dlrun.tools.evaluate import evaluate_run
+from dlrun.tools.loaded_run import load_run
+from dlrun.tools.predict import main as predict
 from dlrun.train import run
-from dlrun.trained import load_run
 
 DLRUN_PREDICT = Path(sys.executable).with_name("dlrun-predict")
 
@@ -64,7 +64,8 @@ def test_a_folder_of_pngs_gets_one_row_per_file_and_the_evaluations_accuracy(dig
     assert [row["file"] for row in flat] == sorted(name.replace("/", "_") for name in files[:5])
     for row in flat:
         probabilities = {name[len("prob_"):]: float(value) for name, value in row.items() if name.startswith("prob_")}
-        assert list(probabilities) == [str(d) for d in range(10)] and sum(probabilities.values()) == pytest.approx(1)
+        # each is rounded to 6 decimals: ten of them sum to 1 within 5e-6
+        assert list(probabilities) == [str(d) for d in range(10)] and sum(probabilities.values()) == pytest.approx(1, abs=5e-6)
         assert row["prediction"] == max(probabilities, key=probabilities.get) == nested[row["file"]]
     predict([str(digits_run), str(tmp_path / "digits" / files[7]), "--out", str(tmp_path / "one.csv")])
     assert read_rows(tmp_path / "one.csv") == [{"file": Path(files[7]).name,

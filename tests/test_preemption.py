@@ -1,5 +1,5 @@
 """Runs that survive preemption, through the installed `dlrun`: real signals sent from outside at exact
-points (tests/pausing.py holds the process there until the signal is sent), then resumed in place.
+points (tests/helpers/pausing.py holds the process there until the signal is sent), then resumed in place.
 
 Every resumed run must equal the uninterrupted one bitwise (CPU, 1 thread): weights, every logged
 metric (timings aside), TensorBoard's points and the test result, in one run directory.
@@ -18,15 +18,15 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import DLRUN, TIMINGS, only_run_dir, read_json, run_cli, wait_for
-from dlrun.rundir import effective_status
+from dlrun.run.status import effective_status
 
-TESTS_DIR = str(Path(__file__).parent)
+HELPERS_DIR = str(Path(__file__).parent / "helpers")  # modules named by `_target_` overrides
 # 3 epochs of 6 steps (96 digits, batch 16), 6 validation and 6 test batches; dropout and
 # shuffling draw random numbers, so only a complete position and every RNG resume exactly.
 BASE = ("model=mlp", "model._target_=pausing.PausingMLP", "model.hidden=[32]", "regularization.dropout=0.3",
         "optimizer=momentum", "optimizer.lr=0.05", "trainer.batch_size=16", "dataset.subset=96", "trainer.epochs=3",
         "device.num_threads=1")
-ENV = {"PYTHONPATH": TESTS_DIR}
+ENV = {"PYTHONPATH": HELPERS_DIR}
 TIMEOUT = 300
 
 
@@ -87,6 +87,7 @@ def run_with_pauses(cwd: Path, *args: str, stops: list[tuple[str, signal.Signals
 
 
 
+@pytest.mark.slow
 def test_kill_9_and_signals_at_every_stage_then_resume_give_one_bitwise_equal_run(tmp_path, uninterrupted):
     cwd, pauses = tmp_path, tmp_path / "pauses"
     # 1. kill -9 inside the save at the end of epoch 2, after epoch 2 was logged: last.pt is the
@@ -135,6 +136,7 @@ def test_kill_9_and_signals_at_every_stage_then_resume_give_one_bitwise_equal_ru
     Outcome(run_dir).assert_equals(uninterrupted)
 
 
+@pytest.mark.slow
 def test_a_requeued_submitit_job_continues_in_place(tmp_path, uninterrupted):
     """SIGUSR2 is submitit's preemption signal: dlrun saves, then submitit's own handler requeues the
     job (submitit_local restarts it, as Slurm would), and the job continues in its directory."""
@@ -151,6 +153,7 @@ def test_a_requeued_submitit_job_continues_in_place(tmp_path, uninterrupted):
     Outcome(job_dirs[0]).assert_equals(uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_sweep_after_the_current_jobs_checkpoint_and_sweep_resume_finishes_it(tmp_path):
     sweep = ("-m", "seed=0,1", *BASE, "trainer.epochs=2")
     stopped = run_with_pauses(tmp_path, *sweep, stops=[("train:3", signal.SIGTERM)], pauses=tmp_path / "p")

@@ -1,5 +1,5 @@
 """What the processes of a distributed run agree on, in-process: checks, the stop agreement as the
-Checkpointer uses it, RNG states per rank, status.json written by several processes, the environment."""
+SavePoints uses it, RNG states per rank, status.json written by several processes, the environment."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import torch
 from torch import nn
 
 from conftest import compose_config, run_cli
-from dlrun import checkpoint, processes
-from dlrun.checkpoint import EpochPosition
-from dlrun.distributed import Ranks
+from dlrun.config import validate
+from dlrun.engine.distributed import Ranks
+from dlrun.engine.position import EpochPosition
 from dlrun.errors import ConfigError
-from dlrun.preemption import Interrupted, StopSignals
-from dlrun.rundir import RunStatus, read_status
-from dlrun.saving import Checkpointer, SaveSchedule
-from dlrun.schema import validate
+from dlrun.run import checkpoint, processes
+from dlrun.run.save_points import SavePoints, SaveSchedule
+from dlrun.run.status import RunStatus, read_status
+from dlrun.run.stop_signals import Interrupted, StopSignals
 
 
 def test_an_uneven_batch_sync_batchnorm_on_the_cpu_and_detection_on_several_processes_are_one_line_errors():
@@ -77,7 +77,7 @@ class Clock:
         return self.now
 
 
-def saver_and_saves(tmp_path: Path, ranks: Ranks, schedule: SaveSchedule) -> tuple[Checkpointer, list, StopSignals]:
+def saver_and_saves(tmp_path: Path, ranks: Ranks, schedule: SaveSchedule) -> tuple[SavePoints, list, StopSignals]:
     saves: list[Optional[int]] = []
 
     def snapshot(position: Optional[EpochPosition], rng: dict[str, Any]) -> dict[str, Any]:
@@ -85,10 +85,10 @@ def saver_and_saves(tmp_path: Path, ranks: Ranks, schedule: SaveSchedule) -> tup
         return {"model": {}, "epoch": 0}
 
     stop = StopSignals()  # not entered: the test sets the flag as the handler would
-    return Checkpointer(tmp_path, snapshot, schedule, stop, torch.Generator(), ranks=ranks), saves, stop
+    return SavePoints(tmp_path, snapshot, schedule, stop, torch.Generator(), ranks=ranks), saves, stop
 
 
-def steps(saver: Checkpointer, stop: StopSignals, signal_at: Optional[int] = None, clock: Optional[Clock] = None,
+def steps(saver: SavePoints, stop: StopSignals, signal_at: Optional[int] = None, clock: Optional[Clock] = None,
           clock_at: Optional[int] = None) -> EpochPosition:
     position = EpochPosition(epoch=1, batches=6, order=None, step_losses=torch.zeros(6))
     for step in range(1, 7):

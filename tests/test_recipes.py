@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config, run_cli
 from dataset_files import place_time_machine
+from dlrun.config import validate
 from dlrun.data.storage import DATA_ROOT_VARIABLE
-from dlrun.schema import validate
 from dlrun.train import run
 
 CONF = Path(__file__).parents[1] / "conf"

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import dlrun.train
 from conftest import compose_config, read_json
+from dlrun.config import validate
+from dlrun.engine.optim import build_l1_penalty
 from dlrun.errors import ConfigError
-from dlrun.optim import build_l1_penalty
-from dlrun.schema import validate
+import dlrun.train
 from dlrun.train import run
 
 PRESETS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "regularization").glob("*.yaml"))

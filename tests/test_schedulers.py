@@ -11,9 +11,9 @@ import torch
 from torch.optim import lr_scheduler
 
 from conftest import compose_config
-from dlrun import checkpoint
+from dlrun.config import validate
 from dlrun.errors import ConfigError
-from dlrun.schema import validate
+from dlrun.run import checkpoint
 from dlrun.train import run
 
 SCHEDULERS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "scheduler").glob("*.yaml"))

@@ -16,7 +16,7 @@ from dataset_files import place_time_machine
 from dlrun.data.storage import DATA_ROOT_VARIABLE
 from dlrun.data.text import read_corpus
 from dlrun.errors import ConfigError
-from dlrun.forecast import FIGURE_FILE, Series, evaluate_forecasts, k_step_forecasts
+from dlrun.tasks.forecast import FIGURE_FILE, Series, evaluate_forecasts, k_step_forecasts
 from dlrun.train import run
 from test_recipes import sweep_choices
 
@@ -95,6 +95,7 @@ def test_tokens_per_sec_is_examples_per_sec_times_num_steps(text_root, cfg_for, 
     assert logged == pytest.approx([record["tokens_per_sec"] for record in records], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_short_gru_run_learns_far_beyond_character_frequencies(text_root, cfg_for, tmp_path):
     """The GRU recipe for 100 of its 500 epochs (under a minute on one idle CPU core) beats the unigram model by far."""
     ids = read_corpus(str(text_root / "timemachine.txt"), clean=True).ids[:10000]

@@ -15,22 +15,23 @@ import torch
 
 from conftest import compose_config, read_json, untimed
 from dataset_files import REPETITIVE_TEXT, write_image_folder, write_text
-import dlrun.train
-from dlrun import checkpoint
-from dlrun.data import build_data
+from dlrun.atomic import write_json
+from dlrun.config import validate
+from dlrun.data.build import build_data
 from dlrun.data.files import FileLoader
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
+from dlrun.engine.precision import Precision
+import dlrun.engine.setup
 from dlrun.errors import CheckpointError, ConfigError
-from dlrun.precision import Precision
-from dlrun.preemption import Interrupted, StopSignals
-from dlrun.rundir import effective_status, write_json
-from dlrun.saving import SaveSchedule
-from dlrun.schema import validate
-from dlrun.sweep import summarize
+from dlrun.run import checkpoint
+from dlrun.run.leaderboard import read_sweep
+from dlrun.run.save_points import SaveSchedule
+from dlrun.run.status import effective_status
+from dlrun.run.stop_signals import Interrupted, StopSignals
 from dlrun.train import run
 
-TESTS_DIR = str(Path(__file__).parent)
+HELPERS_DIR = str(Path(__file__).parent / "helpers")  # modules named by `_target_` overrides
 REAL_STEP = Precision.step
 
 
@@ -113,7 +114,7 @@ def test_the_save_schedule_counts_steps_and_minutes_without_touching_tensors():
 def test_a_signal_during_setup_stops_before_the_first_step_and_resumes_exactly(cfg_for, tmp_path, monkeypatch):
     setup = ("model=mlp", "regularization.dropout=0.3", "debug=smoke", "device.num_threads=1")
     straight = run(cfg_for(*setup), run_dir=tmp_path / "straight")
-    send_at_call(monkeypatch, dlrun.train, "build_model", 1)
+    send_at_call(monkeypatch, dlrun.engine.setup, "build_model", 1)
     with pytest.raises(Interrupted, match="stopped by SIGTERM at epoch 1, step 0 of 2; last.pt holds this position"):
         run(cfg_for(*setup), run_dir=tmp_path / "outputs" / "stopped")
     monkeypatch.undo()
@@ -125,7 +126,7 @@ def test_a_signal_during_setup_stops_before_the_first_step_and_resumes_exactly(c
 
 
 def test_a_language_model_stopped_mid_epoch_resumes_with_its_carried_state(cfg_for, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(TESTS_DIR)
+    monkeypatch.syspath_prepend(HELPERS_DIR)
     path = tmp_path / "text.txt"
     write_text(path, REPETITIVE_TEXT)
     setup = ("dataset=text", f"dataset.path={path}", "dataset.sampling=sequential", "dataset.num_steps=8",
@@ -173,7 +174,7 @@ def test_a_running_status_whose_process_is_gone_is_stale_in_the_leaderboard(tmp_
         write_json(tmp_path / name / "status.json", {"status": "running", **where})
     assert {name: effective_status(read_json(tmp_path / name / "status.json")) for name in cases} == {
         "0_dead": "stale", "1_alive": "running", "2_elsewhere": "running", "3_reused_pid": "stale"}
-    summary = summarize(tmp_path)
+    summary = read_sweep(tmp_path)
     assert [(job.name, job.status) for job in summary.failed] == [
         ("0_dead", "stale"), ("1_alive", "running"), ("2_elsewhere", "running"), ("3_reused_pid", "stale")]
     assert "process" in summary.failed[0].error and "gone" in summary.failed[0].error

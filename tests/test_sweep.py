@@ -21,7 +21,7 @@ from dlrun.train import run
 DLRUN_REPORT = Path(sys.executable).with_name("dlrun-report")
 SMOKE = "debug=smoke"
 CORES = len(os.sched_getaffinity(0))
-TESTS_DIR = str(Path(__file__).parent)
+HELPERS_DIR = str(Path(__file__).parent / "helpers")  # modules named by `_target_` overrides
 # Two jobs of the NaN-after-N-steps test model: steps=0 diverges at once, steps=1000 completes.
 EXPLODING = ("model._target_=exploding.ExplodesAfter", "+model.steps=0,1000", SMOKE)
 
@@ -54,6 +54,7 @@ def six_jobs(tmp_path_factory):
     return result, sweep_dir_under(cwd)
 
 
+@pytest.mark.slow
 def test_leaderboard_files_and_table_have_one_row_per_job(six_jobs):
     result, sweep_dir = six_jobs
     combinations = [(opt, wd) for opt in ("sgd", "adam") for wd in ("0", "0.0001", "0.001")]  # as Hydra writes 1e-4
@@ -137,9 +138,10 @@ def test_hparams_and_metrics_are_in_each_runs_own_event_file(six_jobs):
         assert charts == {"loss": ["^train/loss$", "^val/loss$"], "acc": ["^train/acc$", "^val/acc$"]}
 
 
+@pytest.mark.slow
 def test_failed_job_does_not_stop_the_sweep_and_resume_runs_only_unfinished_jobs(tmp_path):
     """The jobs run in joblib's worker processes: the exit code comes from their run directories."""
-    env = {"PYTHONPATH": TESTS_DIR}
+    env = {"PYTHONPATH": HELPERS_DIR}
     first = run_cli("-m", *EXPLODING, "hydra/launcher=joblib", cwd=tmp_path, env=env)
     assert first.returncode == 3, first.stderr  # the diverged job's exit code
     sweep_dir = sweep_dir_under(tmp_path)
@@ -173,6 +175,7 @@ def test_resume_of_a_directory_that_is_not_a_sweep_fails_with_one_line(tmp_path)
         f"dlrun: error: sweep.resume={tmp_path} is not a sweep directory (no multirun.yaml in it)")
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_completes_a_two_job_sweep_sharing_the_cores(tmp_path):
     result = run_cli("-m", "optimizer=sgd,adam", SMOKE, "hydra/launcher=submitit_local", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -185,6 +188,7 @@ def test_submitit_local_launcher_completes_a_two_job_sweep_sharing_the_cores(tmp
 
 
 
+@pytest.mark.slow
 def test_a_submitit_job_with_two_tasks_is_one_run_on_two_processes(tmp_path):
     # hydra.launcher.nodes and tasks_per_node make each job a distributed run (dlrun.distributed);
     # submitit_local runs the same job code as submitit_slurm, with its own task variables.

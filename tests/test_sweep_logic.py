@@ -7,10 +7,10 @@ import os
 import pytest
 from omegaconf import OmegaConf
 
-from dlrun.device import gpu_for_job, threads_per_job
-from dlrun.resolvers import MAX_NAME, safe_name
-from dlrun.rundir import write_json
-from dlrun.sweep import parallel_jobs_of, summarize
+from dlrun.atomic import write_json
+from dlrun.config.resolvers import MAX_NAME, safe_name
+from dlrun.machine import gpu_for_job, threads_per_job
+from dlrun.run.leaderboard import parallel_jobs_of, read_sweep
 
 
 def test_run_names_are_filesystem_safe_and_stay_distinct():
@@ -88,7 +88,7 @@ def test_seeds_are_grouped_into_mean_and_std_and_failures_set_the_exit_code(tmp_
     fake_job(tmp_path, 4, ["dropout=0.5", "seed=2"], "completed", 0.85, 0.80)
     (tmp_path / "5_dropout=0.9,seed=0" / ".hydra").mkdir(parents=True)  # started, never wrote status.json
 
-    summary = summarize(tmp_path)
+    summary = read_sweep(tmp_path)
     assert [job.job for job in summary.jobs] == [2, 1, 4, 0, 3, 5]  # best val/acc first, then the rest
     assert summary.jobs[0].overrides == ["dropout=0.5", "seed=0"]  # output_root is not compared
     assert [(job.job, job.status) for job in summary.failed] == [(3, "diverged"), (5, "missing")]

@@ -11,10 +11,10 @@ import torch
 
 from conftest import compose_config, read_json, run_cli
 from dataset_files import write_house_csv
+from dlrun.config import validate
 from dlrun.data.splits import TensorSplit, fold_split
 from dlrun.data.tabular import TableEncoder, encode_csv, read_csv
 from dlrun.errors import DataError
-from dlrun.schema import validate
 from dlrun.tasks import Regression
 from dlrun.train import run
 

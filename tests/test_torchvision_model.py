@@ -9,9 +9,9 @@ import torch
 import torchvision
 
 from conftest import compose_config
+from dlrun.config import validate
 from dlrun.errors import ConfigError
 from dlrun.models import build_model
-from dlrun.schema import validate
 
 
 def _build(*overrides: str) -> torch.nn.Module:

@@ -18,11 +18,11 @@ from conftest import compose_config, read_json
 from dlrun.data.synthetic_detection import synthetic_detection
 from dlrun.detection import detect
 from dlrun.errors import ConfigError, DataError
-from dlrun.evaluate import evaluate_run
-from dlrun.export import export_run
-from dlrun.predict import main as predict
+from dlrun.tools.evaluate import evaluate_run
+from dlrun.tools.export import export_run
+from dlrun.tools.loaded_run import load_run
+from dlrun.tools.predict import main as predict
 from dlrun.train import run
-from dlrun.trained import load_run
 from test_detection_training import SMALL_SET, SMALL_SSD
 
 DLRUN_PREDICT = Path(sys.executable).with_name("dlrun-predict")

@@ -23,9 +23,9 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
+from dlrun.atomic import read_json, write_json
 from dlrun.data.tabular import TableEncoder
 from dlrun.errors import DataError
-from dlrun.rundir import read_json, write_json
 
 CARD_FILE = "data.json"
 INPUT_KINDS = ("image", "table", "tokens", "sequence")

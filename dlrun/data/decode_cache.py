@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from dlrun.atomic import atomic_write
 from dlrun.data.files import ImageFiles, collate_images
 from dlrun.data.images import BadImage, ImageInfo, bad_image_error, read_header
-from dlrun.logs import with_progress
+from dlrun.report.console import with_progress
 
 log = logging.getLogger("dlrun")
 # Set DLRUN_CACHE to keep decoded folders elsewhere (a larger disk, a node-local scratch).

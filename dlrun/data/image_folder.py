@@ -29,8 +29,8 @@ from dlrun.data.decode_cache import FolderCache, default_budget_bytes, folder_fi
 from dlrun.data.files import FileSplit
 from dlrun.data.images import IMAGE_EXTENSIONS, BadImage, ImageInfo, bad_image_error, is_image_file
 from dlrun.data.splits import DataSplits, TensorSplit, split_off
-from dlrun.device import available_cores, parallel_jobs
 from dlrun.errors import ConfigError, DataError
+from dlrun.machine import available_cores, parallel_jobs
 
 log = logging.getLogger("dlrun")
 CACHE_MODES = ("auto", "memory", "none")

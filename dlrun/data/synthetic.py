@@ -7,7 +7,9 @@ from typing import Sequence
 import torch
 
 from dlrun.data.splits import DataSplits, TensorSplit
-from dlrun.forecast import DEFAULT_HORIZONS
+
+# The k-step-ahead forecasts a sine run reports by default (d2l 8.1's figure: dlrun.tasks.forecast).
+DEFAULT_HORIZONS = (1, 4, 16, 64)
 
 
 def synthetic_linear(
@@ -45,7 +47,7 @@ def sine(length: int = 1000, tau: int = 4, noise: float = 0.2, num_train: int = 
     The first `num_train` windows train (val is drawn from them), the later ones test: the
     test asks for the continuation of the series, as in d2l. `extras` holds the whole series,
     so the run also reports `forecast_steps`-step-ahead forecast errors and draws them
-    (dlrun.forecast).
+    (dlrun.tasks.forecast).
     """
     if not 1 <= tau < length or not 1 <= num_train < length - tau:
         raise ValueError(f"need 1 <= tau < length and 1 <= num_train < length - tau (got tau={tau}, "

@@ -7,9 +7,9 @@ import logging
 from omegaconf import DictConfig
 from torch import nn
 
+from dlrun.config.build import instantiate_group
 from dlrun.errors import ConfigError
 from dlrun.models.init import INIT_SCHEMES, initialize
-from dlrun.schema import instantiate_group
 
 log = logging.getLogger(__name__)
 

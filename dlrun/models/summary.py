@@ -36,7 +36,7 @@ class ModelSummary:
         return table
 
 
-def summarize(model: nn.Module, example: torch.Tensor) -> ModelSummary:
+def summarize_model(model: nn.Module, example: torch.Tensor) -> ModelSummary:
     """Run `example` (batch of 1) through `model` in eval mode and record every leaf layer."""
     rows: list[LayerRow] = []
     hooks = []

@@ -1,0 +1,155 @@
+"""Build the train/val/test loaders a config asks for.
+
+A dataset option is a `_target_` that returns `DataSplits`; the keys listed in
+`dlrun.config.schema.META_KEYS["dataset"]` are read here instead (task, shape, resize, subset, val split).
+In-memory splits (`TensorSplit`) move to the training device and are batched there by
+`TensorLoader`; streamed image files (`FileSplit`) go through `FileLoader`'s worker processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from dlrun.config.build import instantiate_group
+from dlrun.data.augment import AUGMENTS, build_augment
+from dlrun.data.files import FileLoader, FileSplit
+from dlrun.data.loader import BatchTransform, PairTransform, TensorLoader, compose, prepare_split, prepared_bytes
+from dlrun.data.shard import Shard
+from dlrun.data.splits import DataSplits, TensorSplit, fold_split, split_off
+
+log = logging.getLogger("dlrun")
+Loader = Union[TensorLoader, FileLoader]
+
+
+@dataclass
+class Data:
+    train: Loader
+    val: Loader
+    test: Loader
+    task: str
+    extras: dict[str, Any]
+    sequential: bool  # batches follow streams of one sequence (a recurrent state may carry over)
+
+
+def load_splits(dataset_cfg: DictConfig) -> DataSplits:
+    """Call the dataset's loader with its own keys (the meta keys are dlrun's)."""
+    return instantiate_group(dataset_cfg, "dataset")
+
+
+def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.Generator,
+               fold: Optional[int] = None, shard: Shard = Shard()) -> Data:
+    """Load, split, trim and move the dataset to `device`; wrap each split in a loader.
+
+    With `fold` (0 .. trainer.kfold-1), val is that fold of the training data (train and any
+    given val pooled) and train the other folds: K-fold cross-validation. With a `shard` (one
+    of several processes), each loader yields this process's part of every global batch.
+    """
+    splits = load_splits(cfg.dataset)
+    parts = _parts(cfg, splits, fold)
+    # Every batch becomes floats at the model's size; train-only augmentation goes after that.
+    prepare = compose(_to_float(parts["train"]), _resize_transform(list(cfg.dataset.input_shape), parts["train"]))
+    # When the prepared (float) inputs fit device.float_cache_mb, each split is prepared once, as it
+    # is loaded, and no batch is converted or resized: a memory-for-time trade (benchmarks/README.md).
+    prepare_whole_splits = prepare is not None and _fits_float_cache(parts, prepare, cfg.device.float_cache_mb)
+    batch_prepare = None if prepare_whole_splits else prepare
+    augment, box_augment = _augmentation(cfg, parts)
+    # device.channels_last's layout is given by the model itself (dlrun.engine.device.use_memory_format).
+    eval_transform = batch_prepare
+    train_transform = compose(batch_prepare, augment)
+    limit = _smallest(cfg.trainer.limit_batches, cfg.debug.limit_batches)
+
+    def loader(part: Union[TensorSplit, FileSplit], training: bool) -> Loader:
+        shuffle = training and not splits.sequential
+        options = dict(shuffle=shuffle, generator=shuffle_generator if shuffle else None, limit_batches=limit,
+                       transform=train_transform if training else eval_transform,
+                       pair_transform=box_augment if training else None,
+                       shard=replace(shard, placeholder=training))  # see dlrun.data.shard
+        if isinstance(part, FileSplit):
+            return FileLoader(part, cfg.trainer.batch_size, device=device, training=training, **options)
+        part = part.to(device)
+        if prepare_whole_splits:
+            part = prepare_split(part, prepare)
+        return TensorLoader(part, cfg.trainer.batch_size, streams=splits.sequential, **options)
+
+    return Data(train=loader(parts["train"], training=True), val=loader(parts["val"], training=False),
+                test=loader(parts["test"], training=False), task=cfg.dataset.task, extras=splits.extras,
+                sequential=splits.sequential)
+
+
+def _parts(cfg: DictConfig, splits: DataSplits, fold: Optional[int]) -> dict[str, Union[TensorSplit, FileSplit]]:
+    """train, val and test: val split off train (or the K-fold's fold), each cut to the subset asked for."""
+    train, val = splits.train, splits.val
+    if fold is not None:
+        pooled = train if val is None else TensorSplit(torch.cat([train.inputs, val.inputs]),
+                                                       torch.cat([train.targets, val.targets]))
+        train, val = fold_split(pooled, fold, cfg.trainer.kfold, seed=cfg.seed)
+    elif val is None:
+        train, val = split_off(train, cfg.dataset.val_fraction, seed=cfg.seed, in_order=splits.sequential)
+    parts = {"train": train, "val": val, "test": splits.test}
+    subset = _smallest(cfg.dataset.subset, cfg.debug.subset)
+    if subset is not None:
+        parts = {name: part.select(slice(0, subset)) for name, part in parts.items()}
+    return parts
+
+
+def _augmentation(cfg: DictConfig, parts: dict[str, Union[TensorSplit, FileSplit]]
+                  ) -> tuple[Optional[BatchTransform], Optional[PairTransform]]:
+    """regularization.augment for the training batches: of the inputs, or (detection) of inputs and boxes together."""
+    regularization = cfg.regularization
+    if cfg.dataset.task == "detection":  # boxes move with the pixels: inputs and targets change together
+        from dlrun.data.box_augment import build_box_augment  # torchvision takes seconds to import
+
+        return None, build_box_augment(regularization.augment, list(cfg.dataset.input_shape), regularization.crop_scale)
+    # Streamed files get their random resized crop in the workers, from the full-size image.
+    streamed = isinstance(parts["train"], FileSplit)
+    if streamed and AUGMENTS[regularization.augment].resized_crop:
+        parts["train"] = parts["train"].with_crop(regularization.crop_scale)
+    return build_augment(regularization.augment, list(cfg.dataset.input_shape), regularization.crop_scale,
+                         crop_in_workers=streamed), None
+
+
+def _smallest(*limits: Optional[int]) -> Optional[int]:
+    given = [limit for limit in limits if limit is not None]
+    return min(given) if given else None
+
+
+def _fits_float_cache(parts: dict[str, Union[TensorSplit, FileSplit]], prepare: BatchTransform,
+                      budget_mb: float) -> bool:
+    """Whether every split is in memory and their prepared (float, resized) inputs take at most `budget_mb` MiB."""
+    if not all(isinstance(part, TensorSplit) for part in parts.values()):
+        return False
+    prepared = sum(prepared_bytes(part, prepare) for part in parts.values())
+    stored = sum(part.inputs.numel() * part.inputs.element_size() for part in parts.values())
+    fits = prepared <= budget_mb * 2**20
+    log.info("inputs: %s (%.0f MB prepared against %.0f MB as stored; device.float_cache_mb=%g)",
+             "prepared once" if fits else "prepared per batch", prepared / 1e6, stored / 1e6, budget_mb)
+    return fits
+
+
+def _to_float(split: Union[TensorSplit, FileSplit]) -> Optional[BatchTransform]:
+    """uint8 pixels (kept so in memory, and sent so by file workers: a quarter of float32) become
+    floats in [0, 1] per batch."""
+    if isinstance(split, TensorSplit) and split.inputs.dtype != torch.uint8:
+        return None
+    return lambda batch: batch.float().div_(255)
+
+
+def _resize_transform(input_shape: list[int], split: Union[TensorSplit, FileSplit]) -> Optional[BatchTransform]:
+    """Resize image batches to the model's input size on the device (d2l's Resize, batch-wise)."""
+    stored = list(split.inputs.shape[1:]) if isinstance(split, TensorSplit) else None
+    if len(input_shape) != 3 or (stored is not None and (len(stored) != 3 or stored[1:] == input_shape[1:])):
+        return None
+    size = tuple(input_shape[1:])
+
+    def resize(batch: torch.Tensor) -> torch.Tensor:
+        if tuple(batch.shape[2:]) == size:  # file-backed batches are often decoded at the model's size already
+            return batch
+        return F.interpolate(batch, size=size, mode="bilinear", align_corners=False)
+
+    return resize

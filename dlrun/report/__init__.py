@@ -1,0 +1,1 @@
+"""Where a run reports: the console, TensorBoard and metrics.jsonl, the HPARAMS record, curves and plots."""

@@ -1,0 +1,108 @@
+"""K-fold cross-validation (`trainer.kfold=K`): K runs, each validating on another fold.
+
+Each fold is a full run in `<run_dir>/fold_<k>/` (its own checkpoints, TensorBoard events and
+summary.json); the run directory's summary.json lists every fold's final metrics and their
+mean and standard deviation, which are also printed as a table. An interrupted K-fold run
+continues fold by fold: completed folds are kept, the interrupted one goes on from its last.pt.
+
+dlrun.train walks `folds(...)`, trains each fold that is not complete, and hands the fold
+summaries to `combine`.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from rich.table import Table
+
+from dlrun.atomic import read_json, write_json
+from dlrun.report.console import console
+from dlrun.run.checkpoint import LAST
+from dlrun.run.run_dir import SUMMARY_FILE, clear_training_outputs
+
+log = logging.getLogger("dlrun")
+SPLITS = ("train/", "val/", "test/")
+
+
+@dataclass
+class Fold:
+    """One fold of a K-fold run: where it writes, and what is left of it to do."""
+
+    index: int
+    directory: Path
+    completed: Optional[dict[str, Any]] = None  # its summary.json when nothing is left to train
+    checkpoint: Optional[Path] = None  # the last.pt it continues from; None: from scratch
+
+
+def folds(folds_count: int, run_dir: Path, epochs: int, in_place: bool, writes: bool = True) -> Iterator[Fold]:
+    """The folds in order, each readied just before it is trained.
+
+    Continuing the run in place (`in_place`), a fold that completed is not trained again and an
+    unfinished one continues from its own last.pt. `writes`: False for the processes of a
+    distributed run other than rank 0, which only train.
+    """
+    for index in range(folds_count):
+        log.info("fold %d/%d", index + 1, folds_count)
+        fold = Fold(index, run_dir / f"fold_{index}")
+        if writes:
+            fold.directory.mkdir(parents=True, exist_ok=True)
+        fold.completed = _completed_fold(fold.directory, epochs) if in_place else None
+        if fold.completed is None:
+            last = fold.directory / "checkpoints" / LAST
+            fold.checkpoint = last if in_place and last.exists() else None
+            if fold.checkpoint is None and writes:
+                clear_training_outputs(fold.directory)
+        yield fold
+
+
+def combine(summaries: list[dict[str, Any]], run_dir: Path, duration_s: float, writes: bool = True) -> dict[str, Any]:
+    """The run's summary from its folds' summaries: their final metrics, mean and std; written and shown."""
+    rows = []
+    for fold, summary in enumerate(summaries):
+        metrics = {name: value for name, value in {**summary["final"], **summary["test"]}.items()
+                   if name.startswith(SPLITS)}
+        rows.append({"fold": fold, "best_epoch": summary["best_epoch"], **metrics})
+    last, monitor = summaries[-1], summaries[-1]["monitor"]
+    names = [name for name in rows[0] if name.startswith(SPLITS)]
+    mean = {name: statistics.fmean(row[name] for row in rows) for name in names}
+    std = {name: statistics.stdev(row[name] for row in rows) for name in names}
+    # The keys of a single run's summary, filled with fold means, so sweeps, the leaderboard and
+    # sweep.resume treat a cross-validated job like any other.
+    result = {"status": "completed", "kfold": len(rows), "monitor": monitor, "mode": last["mode"],
+              "best_value": mean[monitor], "best_epoch": None, "epochs_completed": last["epochs_completed"],
+              "final": {name: value for name, value in mean.items() if not name.startswith("test/")},
+              "test": {name: value for name, value in mean.items() if name.startswith("test/")},
+              "folds": rows, "mean": mean, "std": std, "duration_s": duration_s,
+              "device": last["device"], "world_size": last.get("world_size", 1), "environment": last["environment"]}
+    if writes:
+        write_json(run_dir / SUMMARY_FILE, result)
+    console.print(_table(rows, names, mean, std))
+    log.info("%d-fold %s: %s", len(rows), monitor, f"{mean[monitor]:.4f} ± {std[monitor]:.4f}")
+    return result
+
+
+def _table(rows: list[dict[str, Any]], names: list[str], mean: dict[str, float], std: dict[str, float]) -> Table:
+    table = Table(title=f"{len(rows)}-fold cross-validation")
+    table.add_column("fold")
+    for name in names:
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(str(row["fold"]), *(f"{row[name]:.4f}" for name in names))
+    table.add_row("mean ± std", *(f"{mean[name]:.4f} ± {std[name]:.4f}" for name in names), style="bold")
+    return table
+
+
+def _completed_fold(fold_dir: Path, epochs: int) -> Optional[dict[str, Any]]:
+    """The fold's summary.json when it has nothing left to train, else None."""
+    try:
+        summary = read_json(fold_dir / SUMMARY_FILE)
+    except (OSError, ValueError):
+        return None
+    finished = summary.get("epochs_completed", 0) >= epochs or summary.get("stopped_early") is not None
+    if finished:
+        log.info("fold %s completed earlier: %s", fold_dir.name, fold_dir / SUMMARY_FILE)
+    return summary if finished else None

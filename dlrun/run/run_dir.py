@@ -1,0 +1,115 @@
+"""What a run directory holds besides status.json: which config it ran (the fingerprint), whether it
+completed or saved a checkpoint, where the latest run of a config is, and the environment it ran in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+import dlrun
+from dlrun.atomic import read_json
+from dlrun.run.status import STATUS_FILE, read_status
+
+SUMMARY_FILE = "summary.json"
+# Keys that may change between a run and its continuation without making it another experiment.
+RESUME_INSENSITIVE_KEYS = ("trainer.resume", "trainer.epochs", "trainer.save_every_steps", "trainer.save_every_minutes",
+                           "trainer.log_grad_norms", "output_root", "name", "sweep.resume", "device.dist_timeout_min")
+# What a run writes while training; cleared (with any fold_*/) before a run starts again from scratch.
+TRAINING_OUTPUTS = ("tb", "checkpoints", "metrics.jsonl", SUMMARY_FILE, "model_summary.txt", "data.json", "curves.png")
+
+
+def config_fingerprint(cfg: DictConfig) -> str:
+    """A hash of the resolved experiment config, blind to the keys a continuation may change."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    for dotted in RESUME_INSENSITIVE_KEYS:
+        section, _, key = dotted.rpartition(".")
+        (container.get(section, {}) if section else container).pop(key, None)
+    return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def completed_summary(run_dir: Path, fingerprint: str, epochs: int) -> Optional[dict[str, Any]]:
+    """summary.json of `run_dir` if it completed this config with nothing left to train, else None.
+
+    Nothing is left when it trained `epochs` epochs (or more), or early stopping ended it.
+    """
+    status = read_status(run_dir)
+    try:
+        summary = read_json(Path(run_dir) / SUMMARY_FILE)
+    except (OSError, ValueError):
+        return None
+    if status is None or status.get("status") != "completed" or status.get("config_fingerprint") != fingerprint:
+        return None
+    finished = summary.get("epochs_completed", 0) >= epochs or summary.get("stopped_early") is not None
+    return summary if finished else None
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """A last.pt to continue from: the run's own, or (trainer.kfold) any fold's."""
+    return last_checkpoint_time(run_dir) is not None
+
+
+def last_checkpoint_time(run_dir: Path) -> Optional[float]:
+    """Modification time of the newest last.pt of the run (or of its folds), None when there is none."""
+    paths = [Path(run_dir) / "checkpoints" / "last.pt", *Path(run_dir).glob("fold_*/checkpoints/last.pt")]
+    times = [path.stat().st_mtime for path in paths if path.exists()]
+    return max(times) if times else None
+
+
+def clear_training_outputs(run_dir: Path) -> None:
+    """Remove an earlier attempt's event files, checkpoints, metrics and folds, so a rerun starts clean."""
+    for path in [*(Path(run_dir) / name for name in TRAINING_OUTPUTS), *Path(run_dir).glob("fold_*")]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def environment() -> dict[str, Any]:
+    """Versions and the git commit: enough to rerun the experiment later."""
+    import torch  # here, so that reading run directories (dlrun-report) does not load torch
+
+    return {
+        "dlrun": dlrun.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
+        "git_commit": git_commit(),
+    }
+
+
+def git_commit() -> Optional[str]:
+    """The commit of the working directory's repository, if it is one (dirty trees are marked)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def find_latest_run(output_root: Path, fingerprint: str, exclude: Path) -> Optional[Path]:
+    """The run under `output_root` with this config and the most recently written checkpoint."""
+    candidates = []
+    for status_file in Path(output_root).glob(f"**/{STATUS_FILE}"):
+        run_dir = status_file.parent
+        if run_dir.resolve() == Path(exclude).resolve() or run_dir.name.startswith("fold_"):
+            continue
+        status = read_status(run_dir)
+        saved = last_checkpoint_time(run_dir)
+        if status is not None and status.get("config_fingerprint") == fingerprint and saved is not None:
+            candidates.append((saved, str(run_dir)))
+    return Path(max(candidates)[1]) if candidates else None
+
+

@@ -1,0 +1,27 @@
+"""Loss, metrics and per-batch hooks for each kind of target a dataset declares (`dataset.task`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig
+
+from dlrun.tasks.base import Task
+from dlrun.tasks.classification import Classification
+from dlrun.tasks.detection import Detection
+from dlrun.tasks.language_model import LanguageModel
+from dlrun.tasks.regression import Regression
+
+if TYPE_CHECKING:
+    from dlrun.data.build import Data
+
+TASKS: dict[str, type[Task]] = {"classification": Classification, "regression": Regression,
+                                "language_model": LanguageModel, "detection": Detection}
+
+
+def build_task(cfg: DictConfig, data: "Data") -> Task:
+    """The task `dataset.task` names, configured from the run's config and data (log_target, a vocabulary)."""
+    return TASKS[data.task].from_config(cfg, data)
+
+
+__all__ = ["TASKS", "Task", "Classification", "Regression", "LanguageModel", "Detection", "build_task"]

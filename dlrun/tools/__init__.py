@@ -1,0 +1,1 @@
+"""The commands that use finished runs: dlrun-eval, dlrun-predict, dlrun-export, dlrun-report."""
