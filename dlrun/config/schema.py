@@ -98,7 +98,8 @@ class Config:
 
 # Keys a group option may carry besides its target's arguments: dlrun reads them itself.
 META_KEYS: dict[str, set[str]] = {
-    "model": {"input_size", "init", "for_task"},  # for_task: the one task a model is made for (detection)
+    # for_task: the one task a model is made for (detection); init, init_param: dlrun.models.init
+    "model": {"input_size", "init", "init_param", "for_task"},
     "dataset": {"task", "num_outputs", "input_shape", "resize", "val_fraction", "subset", "log_target"},
     "optimizer": set(),
     "scheduler": {"interval", "monitor"},
