@@ -64,6 +64,25 @@ def activation(name: str, param: Optional[float] = None) -> nn.Module:
     return activation_factory(name, param)()
 
 
+def features_per_step(input_shape: list[int]) -> int:
+    """Features per step when a sequence model reads `input_shape` (see `as_steps`)."""
+    if len(input_shape) == 1:
+        return 1
+    if len(input_shape) == 2:
+        return input_shape[1]
+    channels, _, width = input_shape
+    return channels * width
+
+
+def as_steps(inputs: torch.Tensor) -> torch.Tensor:
+    """(B, T, features) from a batch of [T] (one feature per step), [T, F], or [C, H, W] images (one row per step)."""
+    if inputs.dim() == 2:
+        return inputs.unsqueeze(-1)
+    if inputs.dim() == 4:  # (B, C, H, W) → (B, H, C*W)
+        return inputs.permute(0, 2, 1, 3).flatten(2)
+    return inputs
+
+
 def divide_width(channels: int, divisor: int) -> int:
     """`channels // divisor`, at least 1 (d2l's `ratio` for narrow VGGs); the divisor must be >= 1."""
     if divisor < 1:
