@@ -1,20 +1,12 @@
 """Weight initialisation selectable with `model.init` and its one number `model.init_param` (d2l 5.4).
 
-| `model.init`      | weights                                   | `model.init_param` (null: the default)      |
-|-------------------|-------------------------------------------|---------------------------------------------|
-| `default`         | each layer's own (PyTorch's)              | unused                                      |
-| `constant`        | all equal to c: no symmetry breaking      | c (0.01)                                    |
-| `normal`          | N(0, σ²)                                  | σ (0.01, d2l's from-scratch models)         |
-| `uniform`         | U(-a, a)                                  | a (0.07, MXNet's and d2l's `Uniform`)       |
-| `xavier_uniform`  | Glorot: U(-a, a), a = gain·√(6/(fan_in+fan_out)) | gain (1, as d2l and Glorot)          |
-| `xavier_normal`   | Glorot: N(0, gain²·2/(fan_in+fan_out))    | gain (1)                                    |
-| `kaiming_uniform` | He: U(-a, a), a = gain·√(3/fan_in)        | gain (the activation's, see `gain_for`)     |
-| `kaiming_normal`  | He: N(0, gain²/fan_in)                    | gain (the activation's)                     |
-
-The weight matrices of linear, convolutional, recurrent and attention layers are set; their biases
-are set to zero (as d2l's `init_normal`/`init_constant` do). Norm layers, embeddings, class tokens
-and position embeddings keep their own. Older names stay accepted (`ALIASES`): `xavier`,
-`kaiming`, and `standard_normal` (N(0, 1), d2l 3.7's weight-decay demo).
+`constant` (the value), `normal` (σ), `uniform` (a of U(-a, a)), Glorot's `xavier_uniform` and
+`xavier_normal` and He's `kaiming_uniform` and `kaiming_normal` (a gain; He's defaults to the
+activation's, `gain_for`) set the weight matrices of linear, convolutional, recurrent and
+attention layers, and their biases to zero (as d2l's `init_normal`/`init_constant` do); `default`
+keeps every layer's own. Norm layers, embeddings, class tokens and position embeddings keep
+theirs. Older names stay accepted (`ALIASES`). docs/training.md#activations-and-initialisation
+has the table.
 """
 
 from __future__ import annotations
@@ -27,6 +19,7 @@ import torch
 from torch import nn
 
 from dlrun.errors import ConfigError
+from dlrun.models.layers import ACTIVATIONS
 
 # name → the default of its parameter, and what the parameter is (for the messages)
 INIT_SCHEMES: dict[str, tuple[Optional[float], str]] = {
@@ -52,15 +45,13 @@ ALIASES: dict[str, tuple[str, Optional[float]]] = {
 GAIN_NONLINEARITY = {"relu": "relu", "relu6": "relu", "elu": "relu", "celu": "relu", "gelu": "relu",
                      "silu": "relu", "softplus": "relu", "leaky_relu": "leaky_relu", "prelu": "leaky_relu",
                      "tanh": "tanh", "sigmoid": "sigmoid", "selu": "linear", "softsign": "linear"}
-# The negative slope of the ReLU variants with one, when `model.activation_param` is null.
-DEFAULT_SLOPES = {"leaky_relu": 0.01, "prelu": 0.25}
 
 
 def gain_for(activation: Optional[str], activation_param: Optional[float] = None) -> float:
     """Kaiming's gain for a model whose hidden layers use `activation` (None: a model without the knob: ReLU's)."""
     nonlinearity = GAIN_NONLINEARITY.get(activation or "relu", "relu")
-    if nonlinearity == "leaky_relu":
-        slope = activation_param if activation_param is not None else DEFAULT_SLOPES[activation or "leaky_relu"]
+    if nonlinearity == "leaky_relu":  # leaky_relu, prelu: their negative slope (at the start, for prelu)
+        slope = activation_param if activation_param is not None else ACTIVATIONS[activation].default
         return nn.init.calculate_gain("leaky_relu", slope)
     return nn.init.calculate_gain(nonlinearity)
 

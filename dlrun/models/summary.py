@@ -123,14 +123,15 @@ def _layer_flops(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
         size, first = module.hidden_size, module.input_size
         per_layer = [(first if layer == 0 else size * directions) + size for layer in range(module.num_layers)]
         return 2 * gates * size * steps * directions * sum(per_layer)
-    if isinstance(module, nn.MultiheadAttention):
-        return _attention_flops(module, inputs[0], inputs[1])
+    if isinstance(module, nn.MultiheadAttention):  # called as attention(query, key, value, ...)
+        query = inputs[0] if inputs else output
+        return _attention_flops(module, query, inputs[1] if len(inputs) > 1 else query)
     return 0
 
 
 def _attention_flops(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor) -> int:
     """Query, key and value projections, scores QKᵀ and their weighted sum of values (every head: L·S·E each),
-    the output projection. Dense: a causal mask's skipped half is not subtracted (d2l 11.6's count)."""
+    the output projection. Dense: the half a causal mask skips is not subtracted."""
     step_dim = 1 if module.batch_first else 0
     queries, keys = query.shape[step_dim], key.shape[step_dim]
     width = module.embed_dim
