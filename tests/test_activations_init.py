@@ -18,7 +18,8 @@ from dlrun.config import validate
 from dlrun.errors import ConfigError
 from dlrun.models import build_model
 from dlrun.models.init import ALIASES, INIT_SCHEMES
-from dlrun.models.layers import ACTIVATIONS
+from dlrun.models.layers import ACTIVATIONS, activation_factory
+from dlrun.run.run_dir import config_fingerprint
 
 CONF = Path(__file__).parents[1] / "conf"
 # The smoke models at tiny widths: LeNet at its 28 px, AlexNet at its smallest input and 1/16 of its width.
@@ -74,11 +75,13 @@ def steps_lower_the_loss(model: torch.nn.Module, size: int, steps: int = 5) -> t
 
 def test_every_family_with_hidden_nonlinearities_has_the_knob_and_keeps_its_default():
     """The d2l families and the attention models; the recurrent cells keep their tanh and gates."""
-    defaults = {"mlp": "relu", "lenet": "sigmoid", "alexnet": "relu", "vgg": "relu", "nin": "relu",
-                "googlenet": "relu", "resnet": "relu", "densenet": "relu", "vit": "gelu", "transformer": "relu"}
+    # null: ReLU, so that the CNN runs recorded before the knob keep their config fingerprint (run_dir.py)
+    defaults = {"mlp": "relu", "lenet": "sigmoid", "alexnet": None, "vgg": None, "nin": None,
+                "googlenet": None, "resnet": None, "densenet": None, "vit": "gelu", "transformer": "relu"}
     for name, activation in defaults.items():
         raw = OmegaConf.load(CONF / "model" / f"{name}.yaml")
         assert (raw.activation, raw.activation_param) == (activation, None), name
+    assert activation_factory(None) is torch.nn.ReLU
 
 
 @pytest.mark.parametrize("model", SMOKE_MODELS)
@@ -195,3 +198,16 @@ def test_old_names_build_what_they_built():
         torch.nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")  # what `kaiming` always did
         torch.nn.init.zeros_(layer.bias)
     assert all(torch.equal(a, b) for a, b in zip(kaiming.state_dict().values(), reference.state_dict().values()))
+
+
+def test_runs_recorded_before_the_knobs_keep_their_config_fingerprint():
+    """An AlexNet run's config from before `activation`, `activation_param` and `init_param` existed (the keys
+    absent) has the fingerprint today's config has: it still continues in place (tests/test_old_runs.py: an MLP)."""
+    today = validate(compose_config("model=alexnet"))
+    before = copy.deepcopy(today)
+    for key in ("activation", "activation_param", "init_param"):
+        del before.model[key]
+    assert config_fingerprint(before) == config_fingerprint(today)
+    gelu = copy.deepcopy(today)
+    gelu.model.activation = "gelu"
+    assert config_fingerprint(gelu) != config_fingerprint(today)

@@ -28,9 +28,10 @@ from dlrun.train import run
 
 # A ViT of 2x2 patches on the 8x8 digits, 32 dimensions, one block of 2 heads: seconds to train.
 # One thread: on a busy 2-core machine PyTorch's two threads wait on each other (test_sequence_recipes.py).
-TINY_VIT = ["device.num_threads=1", "model=vit", "dataset.resize=null", "model.patch_size=2", "model.hidden_size=32", "model.mlp_size=64",
-            "model.num_heads=2", "model.num_layers=1"]
-TINY_LM = ["device.num_threads=1", "model=transformer", "model.hidden_size=32", "model.mlp_size=64", "model.num_heads=2", "model.num_layers=1"]
+TINY_VIT = ["device.num_threads=1", "model=vit", "dataset.resize=null", "model.patch_size=2", "model.hidden_size=32",
+            "model.mlp_size=64", "model.num_heads=2", "model.num_layers=1"]
+TINY_LM = ["device.num_threads=1", "model=transformer", "model.hidden_size=32", "model.mlp_size=64", "model.num_heads=2",
+           "model.num_layers=1"]
 onnx_extra = pytest.mark.skipif(any(importlib.util.find_spec(name) is None
                                     for name in ("onnx", "onnxscript", "onnxruntime")),
                                 reason="the dlrun[onnx] extra is not installed")

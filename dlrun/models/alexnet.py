@@ -17,7 +17,7 @@ class AlexNet(nn.Module):
     """
 
     def __init__(self, input_shape: list[int], num_outputs: int, dropout: float = 0.0,
-                 width_divisor: int = 1, head_width: int = 4096, activation: str = "relu",
+                 width_divisor: int = 1, head_width: int = 4096, activation: str | None = None,
                  activation_param: float | None = None) -> None:
         super().__init__()
         act = activation_factory(activation, activation_param)

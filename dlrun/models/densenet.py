@@ -26,7 +26,8 @@ class DenseBlock(nn.Module):
 
     def __init__(self, num_convs: int, in_channels: int, growth_rate: int, act: Activation = nn.ReLU) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(conv_block(in_channels + i * growth_rate, growth_rate, act) for i in range(num_convs))
+        self.convs = nn.ModuleList(conv_block(in_channels + i * growth_rate, growth_rate, act)
+                                   for i in range(num_convs))
         self.out_channels = in_channels + num_convs * growth_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +43,7 @@ class DenseNet(nn.Module):
     """
 
     def __init__(self, input_shape: list[int], num_outputs: int, growth_rate: int = 32,
-                 block_sizes: list[int] | None = None, activation: str = "relu",
+                 block_sizes: list[int] | None = None, activation: str | None = None,
                  activation_param: float | None = None) -> None:
         super().__init__()
         act = activation_factory(activation, activation_param)

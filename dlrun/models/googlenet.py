@@ -54,7 +54,8 @@ class GoogLeNet(nn.Module):
     """
 
     def __init__(self, input_shape: list[int], num_outputs: int, width_divisor: int = 1,
-                 batch_norm: bool = False, activation: str = "relu", activation_param: float | None = None) -> None:
+                 batch_norm: bool = False, activation: str | None = None,
+                 activation_param: float | None = None) -> None:
         super().__init__()
         act = activation_factory(activation, activation_param)
 

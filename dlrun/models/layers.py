@@ -39,12 +39,15 @@ ACTIVATIONS: dict[str, ActivationKind] = {
 Activation = Callable[[], nn.Module]  # makes a fresh activation module for each site
 
 
-def activation_factory(name: str, param: Optional[float] = None) -> Activation:
+def activation_factory(name: Optional[str], param: Optional[float] = None) -> Activation:
     """A maker of `name`'s module with `param` as its one parameter (None: PyTorch's default).
 
-    Checked once, here: an unknown name, or a parameter given to a function without one (or out
-    of its range), is a ValueError that lists the valid choices.
+    `name` None is ReLU, the book's choice for its CNNs (their YAML say null, so that the runs
+    recorded before the knob existed keep their config fingerprint). Checked once, here: an
+    unknown name, or a parameter given to a function without one (or out of its range), is a
+    ValueError that lists the valid choices.
     """
+    name = "relu" if name is None else name
     kind = ACTIVATIONS.get(name)
     if kind is None:
         raise ValueError(f"activation {name!r} is not one of: {', '.join(ACTIVATIONS)}")

@@ -38,7 +38,7 @@ class ResNet(nn.Module):
     `activation` replaces every ReLU (the stem's and both of each residual block's).
     """
 
-    def __init__(self, input_shape: list[int], num_outputs: int, depth: int = 18, activation: str = "relu",
+    def __init__(self, input_shape: list[int], num_outputs: int, depth: int = 18, activation: str | None = None,
                  activation_param: float | None = None) -> None:
         super().__init__()
         if depth not in BLOCKS_PER_STAGE:

@@ -29,7 +29,7 @@ class VGG(nn.Module):
     """
 
     def __init__(self, input_shape: list[int], num_outputs: int, arch: list[list[int]] | None = None,
-                 width_divisor: int = 1, dropout: float = 0.0, head_width: int = 4096, activation: str = "relu",
+                 width_divisor: int = 1, dropout: float = 0.0, head_width: int = 4096, activation: str | None = None,
                  activation_param: float | None = None) -> None:
         super().__init__()
         act = activation_factory(activation, activation_param)

@@ -22,17 +22,23 @@ SUMMARY_FILE = "summary.json"
 # Keys that may change between a run and its continuation without making it another experiment.
 RESUME_INSENSITIVE_KEYS = ("trainer.resume", "trainer.epochs", "trainer.save_every_steps", "trainer.save_every_minutes",
                            "trainer.log_grad_norms", "output_root", "name", "sweep.resume", "device.dist_timeout_min")
+# Keys that group options gained after runs were recorded without them, whose null means what their
+# absence meant: at null they are left out of the fingerprint, so those runs still continue in place.
+NULL_AS_ABSENT_KEYS = ("model.activation", "model.activation_param", "model.init_param")
 # What a run writes while training; cleared (with any fold_*/) before a run starts again from scratch.
 TRAINING_OUTPUTS = ("tb", "checkpoints", "metrics.jsonl", SUMMARY_FILE, "model_summary.txt", "data.json", "curves.png")
 
 
 def config_fingerprint(cfg: DictConfig) -> str:
-    """A hash of the resolved experiment config, blind to the keys a continuation may change."""
+    """A hash of the resolved experiment config, blind to the keys a continuation may change (and to
+    NULL_AS_ABSENT_KEYS at null)."""
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
-    for dotted in RESUME_INSENSITIVE_KEYS:
+    for dotted in (*RESUME_INSENSITIVE_KEYS, *NULL_AS_ABSENT_KEYS):
         section, _, key = dotted.rpartition(".")
-        (container.get(section, {}) if section else container).pop(key, None)
+        part = container.get(section, {}) if section else container
+        if dotted in RESUME_INSENSITIVE_KEYS or (key in part and part[key] is None):
+            part.pop(key, None)
     return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
