@@ -29,6 +29,10 @@ class Task:
     metric: str  # the validation metric that picks the best checkpoint
     mode: str  # "max" or "min": which direction of `metric` is better
     default_grad_clip: Optional[float] = None  # used when regularization.grad_clip is null
+    # The outputs per example the task reads (the head's size), checked against the model before training
+    # (dlrun.tasks.model_check); None: the task's model has outputs of its own form (a detector, a language model).
+    expected_outputs: Optional[int] = None
+    head = ""  # what those outputs are, for messages: "one output per class"
 
     @classmethod
     def from_config(cls, cfg: DictConfig, data: "Data") -> "Task":
