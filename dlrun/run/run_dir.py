@@ -22,6 +22,9 @@ SUMMARY_FILE = "summary.json"
 # Keys that may change between a run and its continuation without making it another experiment.
 RESUME_INSENSITIVE_KEYS = ("trainer.resume", "trainer.epochs", "trainer.save_every_steps", "trainer.save_every_minutes",
                            "trainer.log_grad_norms", "output_root", "name", "sweep.resume", "device.dist_timeout_min")
+# Keys added to every config after runs were first written, at the values that do what their absence did:
+# left out of the fingerprint, so an older run keeps its own and can be continued.
+INERT_NEW_KEYS = {"trainer.kfold_refit": False, "model.weights": None}
 # What a run writes while training; cleared (with any fold_*/) before a run starts again from scratch.
 TRAINING_OUTPUTS = ("tb", "checkpoints", "metrics.jsonl", SUMMARY_FILE, "model_summary.txt", "data.json", "curves.png")
 
@@ -33,6 +36,10 @@ def config_fingerprint(cfg: DictConfig) -> str:
     for dotted in RESUME_INSENSITIVE_KEYS:
         section, _, key = dotted.rpartition(".")
         (container.get(section, {}) if section else container).pop(key, None)
+    for dotted, inert in INERT_NEW_KEYS.items():
+        section, _, key = dotted.rpartition(".")
+        if key in container.get(section, {}) and container[section][key] == inert:
+            del container[section][key]
     return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
