@@ -35,7 +35,6 @@ from dlrun.data.decode_cache import FolderCache, default_budget_bytes, folder_fi
 from dlrun.data.files import FileSplit
 from dlrun.data.images import IMAGE_EXTENSIONS, BadImage, ImageInfo, bad_image_error, is_image_file
 from dlrun.data.splits import DataSplits, TensorSplit, split_off
-from dlrun.data.tabular import MISSING
 from dlrun.data.targets import EncodedTargets, encode_targets
 from dlrun.errors import ConfigError, DataError
 from dlrun.machine import available_cores, parallel_jobs
@@ -193,8 +192,9 @@ def _indexed_by(samples: list[tuple[str, int]], found: list[str], classes: list[
                 folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
     unknown = [name for name in found if name not in classes]
     if unknown:
+        more = " ..." if len(classes) > 30 else ""
         raise DataError(f"the data's classes {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''} are not "
-                        f"classes of the model; its classes: {', '.join(classes[:30])}{' ...' if len(classes) > 30 else ''}")
+                        f"classes of the model; its classes: {', '.join(classes[:30])}{more}")
     index = {name: i for i, name in enumerate(classes)}
     return [(path, index[found[label]]) for path, label in samples], classes
 
@@ -296,12 +296,14 @@ def csv_targets(table: Path, header: list[str], rows: list[list[str]], target_ki
         raise DataError(f"dataset.target={absent[0]!r} is not a column of {table}; columns: {', '.join(header)}")
     columns = {name: [row[header.index(name)].strip() if header.index(name) < len(row) else "" for row in rows]
                for name in names}
-    return encode_targets(target_kind, {name: [None if value.lower() in MISSING else value for value in values]
-                                        for name, values in columns.items()}, str(table), classes)
+    # Only an empty cell is missing: "none" or "NA" may well be a class here (a CSV table's words for a
+    # missing number do not apply to labels)
+    return encode_targets(target_kind, {name: [value or None for value in values] for name, values in columns.items()},
+                          str(table), classes)
 
 
 def _described(listing: Listing) -> str:
-    """What the images' targets are, for the log: "3 classes", "labels a, b", "target score"."""
+    """What the images' targets are, for the log: "3 classes", "17 labels", "target score"."""
     if listing.target_kind == "classification":
         return f"{len(listing.classes)} classes"
     if listing.target_kind == "binary":

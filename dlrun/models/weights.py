@@ -64,7 +64,8 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
 
 
 def load_exactly(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """`module.load_state_dict(state)`, or one line naming the missing and unexpected keys and the shapes that differ."""
+    """`module.load_state_dict(state)`, or one line naming the missing and unexpected keys and the shapes that
+    differ."""
     own = module.state_dict()
     missing = [key for key in own if key not in state]
     unexpected = [key for key in state if key not in own]

@@ -173,7 +173,8 @@ def show(summary: SweepSummary, console: Optional[Console] = None) -> None:
         table.add_column(column, justify="right")
     for job in summary.jobs:
         differing = " ".join(o for o in job.overrides if o not in shared)
-        tested = "no test split" if job.status == "completed" and job.test_metric is None else _number(job.test_value)
+        no_test = job.status == "completed" and job.test_metric is None  # dataset.test_fraction=0
+        tested = "no test split" if no_test else _number(job.test_value)
         table.add_row(str(job.job), differing or "(none)", job.status, _number(job.best_value),
                       tested, _number(job.epochs), _seconds(job.duration_s))
     console.print(table)

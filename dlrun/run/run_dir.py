@@ -72,8 +72,9 @@ def last_checkpoint_time(run_dir: Path) -> Optional[float]:
 
 
 def clear_training_outputs(run_dir: Path) -> None:
-    """Remove an earlier attempt's event files, checkpoints, metrics and folds, so a rerun starts clean."""
-    for path in [*(Path(run_dir) / name for name in TRAINING_OUTPUTS), *Path(run_dir).glob("fold_*")]:
+    """Remove an earlier attempt's event files, checkpoints, metrics, folds and refit, so a rerun starts clean."""
+    for path in [*(Path(run_dir) / name for name in TRAINING_OUTPUTS), *Path(run_dir).glob("fold_*"),
+                 Path(run_dir) / "refit"]:  # dlrun.run.kfold.REFIT_DIR (kfold imports this module)
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, ListConfig
 
 from dlrun.data.task_targets import split_targets
 from dlrun.errors import ConfigError
-from dlrun.tasks.base import Task, as_float32, count_tensor
+from dlrun.tasks.base import Task, as_float32, count_tensor, refuse_other_options
 from dlrun.tasks.scores import PassScores, f1_scores, ranking_metrics
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ class YesNoLabels(Task):
 
     Per batch, on the device: [loss x examples, examples, exact matches (every label right), then per label
     true positives, predicted positives, actual positives]. The best checkpoint has the highest val/auc
-    (the lowest train/loss without validation: `monitor_without_validation`).
+    (the lowest train/loss without validation: `fit_to`).
     """
 
     metric, mode = "auc", "max"
@@ -53,10 +53,13 @@ class YesNoLabels(Task):
         self.ranking = False  # whether this pass keeps its scores for AUC and AP: evaluation passes do
         self._weights: dict[str, torch.Tensor] = {}
 
-    def monitor_without_validation(self, data: "Data") -> None:
-        """Training passes have no AUC: with no validation split, the training loss picks the best epoch."""
+    def fit_to(self, cfg: DictConfig, data: "Data") -> "YesNoLabels":
+        """Checked against the run's other target options; without a validation split, the training loss picks
+        the best epoch (training passes have no AUC)."""
+        refuse_other_options(cfg.dataset, str(cfg.dataset.task))
         if len(data.val) == 0:
             self.metric, self.mode = "loss", "min"
+        return self
 
     def start_pass(self, training: bool) -> None:
         self.scores.clear()
@@ -112,9 +115,10 @@ class YesNoLabels(Task):
 class Binary(YesNoLabels):
     """One yes/no label per example from one logit: the model has 1 output, the target is 0 or 1.
 
-    Metrics: loss, acc (at dataset.threshold), precision, recall, f1 (of the positive class), auc
-    (ROC-AUC) and ap (average precision, the area under the precision-recall curve).
-    `labels` are the class names (negative, positive), as the card keeps them.
+    Metrics: loss, acc (at dataset.threshold), precision, recall, f1 (of the positive class), and on
+    evaluation passes auc (ROC-AUC) and ap (average precision, the area under the precision-recall
+    curve). `classes` are the class names (negative, positive), as the card keeps them; `labels` the
+    output's, the positive class.
     """
 
     head = "one logit: the positive class's score"
@@ -126,10 +130,8 @@ class Binary(YesNoLabels):
 
     @classmethod
     def from_config(cls, cfg: DictConfig, data: "Data") -> "Binary":
-        task = cls(data.extras.get("classes") or ("0", "1"), threshold=float(cfg.dataset.get("threshold", 0.5)),
-                   pos_weight=pos_weight_from(cfg.dataset.get("pos_weight"), data, 1))
-        task.monitor_without_validation(data)
-        return task
+        return cls(data.extras.get("classes") or ("0", "1"), threshold=float(cfg.dataset.get("threshold", 0.5)),
+                   pos_weight=pos_weight_from(cfg.dataset.get("pos_weight"), data, 1)).fit_to(cfg, data)
 
     def metrics(self, stats: list[float]) -> dict[str, float]:
         overall, per_label = self.label_scores(stats)

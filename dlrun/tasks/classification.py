@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from dlrun.tasks.base import Task, as_float32, count_tensor
+from dlrun.tasks.base import Task, as_float32, count_tensor, refuse_other_options
 
 if TYPE_CHECKING:
     from dlrun.data.build import Data
@@ -27,6 +27,7 @@ class Classification(Task):
 
     @classmethod
     def from_config(cls, cfg: DictConfig, data: "Data") -> "Classification":
+        refuse_other_options(cfg.dataset, "classification")
         classes = data.extras.get("classes")
         return cls(label_smoothing=cfg.regularization.label_smoothing,
                    num_classes=len(classes) if classes else int(cfg.dataset.num_outputs))

@@ -34,10 +34,8 @@ class Multilabel(YesNoLabels):
     @classmethod
     def from_config(cls, cfg: DictConfig, data: "Data") -> "Multilabel":
         labels = data.extras.get("classes") or [str(i) for i in range(split_targets(data.train.split).shape[1])]
-        task = cls(labels, threshold=float(cfg.dataset.get("threshold", 0.5)),
-                   pos_weight=pos_weight_from(cfg.dataset.get("pos_weight"), data, len(labels)))
-        task.monitor_without_validation(data)
-        return task
+        return cls(labels, threshold=float(cfg.dataset.get("threshold", 0.5)),
+                   pos_weight=pos_weight_from(cfg.dataset.get("pos_weight"), data, len(labels))).fit_to(cfg, data)
 
     def metrics(self, stats: list[float]) -> dict[str, float]:
         overall, per_label = self.label_scores(stats)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from dlrun.data.targets import TargetScale, TargetUnits
 from dlrun.errors import ConfigError
-from dlrun.tasks.base import Task, as_float32, count_tensor
+from dlrun.tasks.base import Task, as_float32, count_tensor, refuse_other_options
 from dlrun.tasks.forecast import Series, evaluate_forecasts
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ class Regression(Task):
     @classmethod
     def from_config(cls, cfg: DictConfig, data: "Data") -> "Regression":
         dataset = cfg.dataset
+        refuse_other_options(dataset, "regression")
         loss = dataset.get("loss") or "mse"
         return cls(log_target=bool(dataset.get("log_target", False)), series=Series.from_extras(data.extras),
                    scale=TargetScale.from_state(data.extras.get("target_scale")), loss=loss,

@@ -61,8 +61,10 @@ class BinaryOutputs(YesNoOutputs):
         probabilities, targets = joined[0][:, 0], joined[1][:, 0].long()
         predicted = probabilities >= self.card.threshold
         truth = targets.bool()
-        confusion = {"true_positives": int((predicted & truth).sum()), "false_positives": int((predicted & ~truth).sum()),
-                     "false_negatives": int((~predicted & truth).sum()), "true_negatives": int((~predicted & ~truth).sum())}
+        confusion = {"true_positives": int((predicted & truth).sum()),
+                     "false_positives": int((predicted & ~truth).sum()),
+                     "false_negatives": int((~predicted & truth).sum()),
+                     "true_negatives": int((~predicted & ~truth).sum())}
         self.summary = {"positive_class": self.card.classes[-1], "threshold": self.card.threshold,
                         "positives": int(truth.sum()), "examples": len(truth), "confusion": confusion}
         if 0 < int(truth.sum()) < len(truth):  # both classes present: the curves are defined
@@ -111,4 +113,3 @@ class BinaryOutputs(YesNoOutputs):
 
     def columns(self) -> list[str]:
         return ["prediction", *([f"prob_{self.card.classes[-1]}"] if self.options.probs else [])]
-

@@ -11,16 +11,17 @@ from rich.table import Table
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
+from dlrun.data.card import DataCard
 from dlrun.tasks import Task
-from dlrun.tools.outputs.base import number
+from dlrun.tools.outputs.base import OutputOptions, number
 from dlrun.tools.outputs.binary import YesNoOutputs
 
 SCORES = ("precision", "recall", "f1", "auc", "ap")
 
 
 class MultilabelOutputs(YesNoOutputs):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, card: DataCard, options: OutputOptions = OutputOptions()) -> None:
+        super().__init__(card, options)
         self.per_label: dict[str, dict[str, float]] = {}
 
     def finish(self, folder: Path, writer: SummaryWriter, model: nn.Module, task: Task) -> dict[str, Any]:
