@@ -22,6 +22,7 @@ from dlrun.tools.export import export_run
 from dlrun.tools.loaded_run import load_run
 from dlrun.tools.predict import main as predict
 from dlrun.train import run
+from score_parts import score_part
 from target_files import TAGS, digit_tags, write_digit_files
 
 COMMON = ("model=mlp", "model.hidden=[64]", "optimizer=adam", "optimizer.lr=0.01", "trainer.batch_size=64",
@@ -160,3 +161,17 @@ def test_test_fraction_zero_and_a_kfold_refit_train_on_every_row(cfg_for, tmp_pa
     assert refit["epochs"] == max(1, round(sum(best) / 2)) and summary["refit"] == refit
     assert math.isfinite(refit["final"]["train/rmse"]) and refit["test"] == {}
     assert load_run(tmp_path / "run").run_dir == tmp_path / "run" / "refit"  # what a submission is made from
+
+
+
+@pytest.mark.slow
+def test_auc_over_two_processes_is_the_auc_of_every_score(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    targets = (torch.rand(101, generator=generator) < 0.3).float()
+    scores = targets + torch.randn(101, generator=generator)
+    torch.multiprocessing.spawn(score_part, args=(str(tmp_path / "init"), scores, targets, str(tmp_path / "auc")),
+                                nprocs=2, join=True)
+    expected = roc_auc_score(targets.numpy(), scores.numpy())
+    for rank in range(2):
+        metrics = torch.load(tmp_path / f"auc.{rank}", weights_only=True)
+        assert metrics["auc"] == pytest.approx(expected, abs=1e-6)
