@@ -24,7 +24,9 @@ RESUME_INSENSITIVE_KEYS = ("trainer.resume", "trainer.epochs", "trainer.save_eve
                            "trainer.log_grad_norms", "output_root", "name", "sweep.resume", "device.dist_timeout_min")
 # Keys added to every config after runs were first written, at the values that do what their absence did:
 # left out of the fingerprint, so an older run keeps its own and can be continued.
-INERT_NEW_KEYS = {"trainer.kfold_refit": False, "model.weights": None}
+# (A dataset's new standardize_targets=true is left in: it changes what a regression run trains.)
+INERT_NEW_KEYS = {"trainer.kfold_refit": False, "model.weights": None, "dataset.loss": None, "dataset.pos_weight": None,
+                  "dataset.threshold": 0.5, "dataset.standardize_targets": False}
 # What a run writes while training; cleared (with any fold_*/) before a run starts again from scratch.
 TRAINING_OUTPUTS = ("tb", "checkpoints", "metrics.jsonl", SUMMARY_FILE, "model_summary.txt", "data.json", "curves.png")
 
