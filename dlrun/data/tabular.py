@@ -10,13 +10,8 @@ loading.
 The fitted preprocessing is a `TableEncoder`: its state (`state_dict()`, plain JSON) is saved in
 the run directory at training time (dlrun.data.card) and applied unchanged to new rows by
 dlrun-predict and dlrun-eval. A category the training file never had goes to the `<missing>`
-column; a missing value is filled as in training.
-
-What is read is checked where it is read, naming the file, line and column: a header that names a
-column twice, a number that is not finite (`inf`) in a numeric column or a regression target.
-A column is numeric when most of its present values are numbers: a few other values in it are
-errors to fix, never a reason to one-hot it (one stray `inf` or typo cannot change the encoding).
-A byte-order mark (Excel's UTF-8 CSV) is not part of the first column's name.
+column; a missing value is filled as in training. What is read is checked as it is read
+(dlrun.data.csv_checks): repeated column names, non-finite numbers, a byte-order mark.
 """
 
 from __future__ import annotations
@@ -31,12 +26,12 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from dlrun.data.csv_checks import BOM, check_finite_target, header_names, not_a_number, numeric_column
 from dlrun.data.splits import DataSplits, TensorSplit, split_off
 from dlrun.errors import DataError
 
 MISSING = {"", "na", "nan", "n/a", "null", "none", "?"}
 MISSING_CATEGORY = "<missing>"
-BOM = "\ufeff"
 TARGET_KINDS = ("regression", "classification")
 
 
@@ -69,15 +64,15 @@ class TableEncoder:
     @classmethod
     def fit(cls, header: list[str], rows: list[list[str]], skip: tuple[str, ...] = (),
             source: str = "the CSV file") -> "TableEncoder":
-        """Numeric columns (most present values numbers, all of them finite) get their mean and std; the others
-        their categories. DataError naming the cell for a column of numbers with a word or `inf` in it."""
+        """Numeric columns (most present values numbers: `csv_checks.numeric_column`) get their mean and std;
+        the others their categories."""
         columns: list[Column] = []
         for i, name in enumerate(header):
             if name in skip:
                 continue
             values = [row[i] for row in rows]
             missing = np.array([_is_missing(value) for value in values])
-            numbers = _numeric_column(name, values, missing, source)
+            numbers = numeric_column(name, values, missing, source)
             if numbers is None:
                 categories = sorted({value for value, gone in zip(values, missing) if not gone})
                 columns.append(CategoricalColumn(name, tuple(categories)))
@@ -104,8 +99,7 @@ class TableEncoder:
         naming it (and the line, counting the header as line 1).
         """
         position = {name: i for i, name in enumerate(header)}
-        # An encoder fitted before byte-order marks were dropped from names may hold one.
-        position.update({BOM + name: i for name, i in list(position.items())})
+        position.update({BOM + name: i for name, i in list(position.items())})  # an encoder fitted with a BOM in a name
         absent = [column.name for column in self.columns if column.name not in position]
         if absent:
             also = f" ({len(absent)} of its columns are missing: {_listed(absent)})" if len(absent) > 1 else ""
@@ -191,6 +185,8 @@ def _encode(path: str, _mtime: int, _size: int, target: str, target_kind: str, d
     encoder = TableEncoder.fit(header, rows, skip=(target, *drop), source=path)
     if not encoder.columns:
         raise DataError(f"{path} has no feature columns besides the target {target!r}")
+    if target_kind == "regression":
+        check_finite_target(path, target, [row[header.index(target)] for row in rows])
     targets, classes = _encode_target(path, target, [row[header.index(target)] for row in rows], target_kind)
     return EncodedTable(encoder.transform(header, rows, path), encoder.feature_names, targets, classes, encoder)
 
@@ -199,6 +195,8 @@ def _encode_with(encoder: TableEncoder, path: str, target: str, target_kind: str
     _check_kind(target_kind)
     header, rows = read_csv(path)
     _check_target(path, target, header)
+    if target_kind == "regression":
+        check_finite_target(path, target, [row[header.index(target)] for row in rows])
     targets, classes = _encode_target(path, target, [row[header.index(target)] for row in rows], target_kind)
     return EncodedTable(encoder.transform(header, rows, path), encoder.feature_names, targets, classes, encoder)
 
@@ -233,19 +231,7 @@ def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     for number, row in enumerate(rows, start=2):
         if len(row) != len(header):
             raise DataError(f"CSV file {path} line {number}: {len(row)} fields, the header has {len(header)}")
-    names = [name.strip().lstrip(BOM) for name in header]
-    _check_header(path, names)
-    return names, [[value.strip() for value in row] for row in rows]
-
-
-def _check_header(path: Path, names: list[str]) -> None:
-    """Every column named once: a second column of the same name would make `dataset.target=<it>` ambiguous."""
-    first: dict[str, int] = {}
-    for number, name in enumerate(names, start=1):
-        if name in first:
-            raise DataError(f"CSV file {path}: the header names column {name!r} twice (columns {first[name]} and "
-                            f"{number}); give each column its own name")
-        first[name] = number
+    return header_names(path, header), [[value.strip() for value in row] for row in rows]
 
 
 def _is_missing(value: str) -> bool:
@@ -258,8 +244,7 @@ def _standardized(column: NumericColumn, values: list[str], source: str) -> np.n
     if numbers is None:
         line, value = next((row + 2, value) for row, value in enumerate(values)
                            if not _is_missing(value) and _as_numbers([value], np.array([False])) is None)
-        what = "not a number" if _number(value) is None else "not a finite number"
-        raise DataError(f"{source} line {line}: column {column.name!r} holds {value!r}, {what} "
+        raise DataError(f"{source} line {line}: column {column.name!r} holds {value!r}, {not_a_number(value)} "
                         "(the model was trained with numbers in it)")
     return np.where(missing, 0.0, (numbers - column.mean) / column.std)
 
@@ -291,31 +276,6 @@ def _as_numbers(values: list[str], missing: np.ndarray) -> np.ndarray | None:
     return numbers
 
 
-def _numeric_column(name: str, values: list[str], missing: np.ndarray, source: str) -> np.ndarray | None:
-    """The column's numbers when most present values are numbers (None: a categorical column).
-
-    In a column of numbers, a word or a non-finite number is a DataError naming its line: the
-    encoding never hinges on one bad cell.
-    """
-    present = [(row, value) for row, (value, gone) in enumerate(zip(values, missing)) if not gone]
-    parsed = [(row, value, _number(value)) for row, value in present]
-    if sum(number is not None for _, _, number in parsed) * 2 <= len(parsed):
-        return None  # mostly words (or nothing present): categories
-    for row, value, number in parsed:
-        if number is None or not math.isfinite(number):
-            what = "not a finite number" if number is not None else "not a number"
-            raise DataError(f"{source} line {row + 2}: column {name!r} holds {value!r}, {what}, among numbers; "
-                            "fix the cell or leave it empty (a missing value)")
-    return _as_numbers(values, missing)
-
-
-def _number(value: str) -> Optional[float]:
-    try:
-        return float(value)
-    except ValueError:
-        return None
-
-
 def _encode_target(path: str, target: str, values: list[str], kind: str) -> tuple[np.ndarray, tuple[str, ...]]:
     gaps = [row + 2 for row, value in enumerate(values) if _is_missing(value)]
     if gaps:
@@ -325,20 +285,10 @@ def _encode_target(path: str, target: str, values: list[str], kind: str) -> tupl
         index = {name: i for i, name in enumerate(classes)}
         return np.array([index[value] for value in values], dtype=np.int64), classes
     try:
-        numbers = np.array([float(value) for value in values], dtype=np.float64)
+        return np.array([float(value) for value in values], dtype=np.float32), ()
     except ValueError as error:
         raise DataError(f"CSV file {path}: regression target {target!r} is not numeric ({error}); "
                         "use dataset.task=classification for labels") from None
-    _check_finite_target(path, target, values, numbers)
-    return numbers.astype(np.float32), ()
-
-
-def _check_finite_target(path: str, target: str, values: list[str], numbers: np.ndarray) -> None:
-    """A regression target must be a finite float32: `inf` (or 1e39) would only surface as a diverged loss."""
-    bad = np.flatnonzero(~np.isfinite(numbers.astype(np.float32)))
-    if len(bad):
-        raise DataError(f"CSV file {path} line {bad[0] + 2}: target {target!r} is {values[bad[0]]!r}, not a finite "
-                        f"number ({len(bad)} rows in all); fix or drop those rows")
 
 
 def _class_order(name: str) -> tuple[int, float, str]:

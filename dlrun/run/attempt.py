@@ -2,7 +2,7 @@
 processes, and how it ends in status.json.
 
 `begin` validates the config, joins the run's processes (dlrun.run.processes) and, on rank 0,
-plans the attempt, locks the run directory and readies it (dlrun.run.resume.start_attempt),
+plans the attempt, locks the run directory and readies it (dlrun.run.admission.start_attempt),
 telling the others the plan. Nothing is written into an existing run before that: a refused
 attempt leaves it as it was. `Attempt.recording` then wraps the training: its outcome goes into
 status.json, written by whichever process knows it, and a failure that not all processes met
@@ -34,7 +34,8 @@ from dlrun.errors import ConfigError, DlrunError, OutOfStep, ReportedByMain, Sto
 from dlrun.report import hparams
 from dlrun.run import processes
 from dlrun.run.lock import RunLock
-from dlrun.run.resume import ResumePlan, continue_command, record_refusal, start_attempt
+from dlrun.run.admission import record_refusal, start_attempt
+from dlrun.run.resume import ResumePlan, continue_command
 from dlrun.run.status import RunStatus
 from dlrun.run.stop_signals import Interrupted, StopSignals
 
@@ -75,7 +76,7 @@ class Attempt:
                 stop.ignore_after_exit = self.ranks.distributed  # the run is over here: finish exiting whatever comes
                 error = storage_failure(raised, self.run_dir) or raised
                 self._record_failure(error)
-                if isinstance(error, Interrupted) and self.ranks.is_main:
+                if isinstance(error, (Interrupted, StorageError)) and self.ranks.is_main:
                     log.info("continue with: %s", continue_command(self.run_dir))
                 if self.ranks.distributed and not in_step(error):
                     processes.leave()  # the others fail at their next exchange instead of waiting for this process
@@ -167,7 +168,7 @@ def storage_failure(error: BaseException, run_dir: Path) -> Optional[StorageErro
         return None
     where = cause.filename or run_dir
     advice = STORAGE_ERRNOS[cause.errno]
-    return StorageError(f"cannot write {where}: {cause.strerror} ({advice}); status.json says where the run stands")
+    return StorageError(f"cannot write {where}: {cause.strerror} ({advice})")
 
 
 def in_step(error: BaseException) -> bool:

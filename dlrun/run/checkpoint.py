@@ -78,8 +78,9 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     return state
 
 
-def read_saved_config(path: Path) -> tuple[dict[str, Any], int]:
-    """The resolved config a checkpoint was written with, and its epoch; CheckpointError if it is unreadable.
+def read_saved_config(path: Path) -> tuple[dict[str, Any], tuple[int, int]]:
+    """The resolved config a checkpoint was written with, and how far it is (epoch, global step);
+    CheckpointError if it is unreadable.
 
     Memory-mapped: deciding which run a directory holds reads the small entries, not the weights.
     """
@@ -91,7 +92,7 @@ def read_saved_config(path: Path) -> tuple[dict[str, Any], int]:
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({reason}); nothing was changed") from None
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "epoch" not in state:
         raise CheckpointError(f"checkpoint {path} is not a dlrun checkpoint (no config or epoch in it)")
-    return state["config"], int(state["epoch"])
+    return state["config"], (int(state["epoch"]), int(state.get("global_step", 0)))
 
 
 def rng_states(shuffle_generator: torch.Generator) -> dict[str, Any]:

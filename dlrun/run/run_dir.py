@@ -57,8 +57,10 @@ def completed_summary(run_dir: Path, status: dict[str, Any], epochs: int) -> Opt
 
 
 def checkpoint_paths(run_dir: Path) -> list[Path]:
-    """The run's last.pt files, newest first: its own, or (trainer.kfold) its folds'."""
-    paths = [Path(run_dir) / "checkpoints" / "last.pt", *Path(run_dir).glob("fold_*/checkpoints/last.pt")]
+    """The run's checkpoints, newest first: its last.pt (and best.pt, which a full disk may leave alone)
+    or (trainer.kfold) its folds' last.pt."""
+    own = Path(run_dir) / "checkpoints"
+    paths = [own / "last.pt", own / "best.pt", *Path(run_dir).glob("fold_*/checkpoints/last.pt")]
     found = [(path.stat().st_mtime, str(path)) for path in paths if path.is_file()]
     return [Path(path) for _, path in sorted(found, reverse=True)]
 
