@@ -157,7 +157,7 @@ def _without_padding(held: dict[str, Any]) -> dict[str, Any]:
 def _create(path: Path, owner: dict[str, Any]) -> bool:
     """Create the lock file holding `owner`; False when it exists. A write that fails removes it again."""
     try:
-        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        handle = _open_new(path)
     except FileExistsError:
         return False
     except OSError as error:
@@ -180,11 +180,16 @@ def _create(path: Path, owner: dict[str, Any]) -> bool:
     return True
 
 
+def _open_new(path: Path) -> int:
+    """Create `path` for writing, failing with FileExistsError when it exists (atomic, also over NFS v3+)."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+
+
 def _take_over(path: Path, held: dict[str, Any], owner: dict[str, Any]) -> bool:
     """Replace the stale lock `held` by ours, unless another process got there first (False: look again)."""
     guard = path.with_name(path.name + ".takeover")
     try:
-        handle = os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        handle = _open_new(guard)
     except FileExistsError:
         try:  # a takeover that died half-way leaves its guard: old enough, it is cleared
             if time.time() - guard.stat().st_mtime > STALE_AFTER_S:
