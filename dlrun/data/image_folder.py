@@ -182,9 +182,10 @@ def _class_names(folder: Path) -> list[str]:
 def _from_class_folders(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
     classes = _class_names(folder)
     samples, empty = [], []
-    seen: dict[str, str] = {os.path.realpath(folder): str(folder)}  # shared: no image under two classes
+    root = os.path.realpath(folder)
+    seen: dict[str, str] = {root: str(folder)}  # shared: no image under two classes
     for label, name in enumerate(classes):
-        files = images_under(folder / name, seen)
+        files = images_under(folder / name, seen, within=(root,))
         if not files:
             empty.append(name)
         samples.extend((path, label) for path in files)
@@ -195,19 +196,20 @@ def _from_class_folders(folder: Path) -> tuple[list[tuple[str, int]], list[str]]
     return samples, classes
 
 
-def images_under(folder: Path, seen: Optional[dict[str, str]] = None) -> list[str]:
+def images_under(folder: Path, seen: Optional[dict[str, str]] = None, within: tuple[str, ...] = ()) -> list[str]:
     """Image files under `folder` and its sub-folders (hidden ones skipped), following links; in walk order:
     a folder's files sorted, then its sub-folders' by name.
 
     `seen` (real path → the path it was found at) is shared between the calls for one listing, so an
     image or a folder reached twice (through a symbolic link) is a DataError naming both paths, and a
-    link back to a folder it lies in (a loop) one naming the link: never the same file under two labels.
+    link back to a folder it lies in (a loop, `within` giving the real paths of the folders above
+    `folder`) one naming the link: never the same file under two labels.
     """
     seen = {} if seen is None else seen
     found: list[str] = []
     root = os.path.realpath(folder)
     _claim(seen, root, str(folder))
-    _walk(str(folder), root, (root,), seen, found)
+    _walk(str(folder), root, (*within, root), seen, found)
     return found
 
 
