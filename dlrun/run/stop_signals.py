@@ -172,7 +172,8 @@ def held() -> Iterator[None]:
         raise
     finally:
         for number, original in early.originals.items():
-            signal.signal(number, original)
+            if signal.getsignal(number) == early.record:  # not replaced meanwhile (a run that ends ignoring it)
+                signal.signal(number, original)
         early.originals.clear()
     signum = early.take()
     if signum is not None:
