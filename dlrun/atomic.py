@@ -65,11 +65,14 @@ def read_json(path: Path) -> dict[str, Any]:
 def append_line(path: Path, line: str) -> None:
     """Append one line durably (O_APPEND, fsync): the earlier lines are never rewritten.
 
-    A write cut short (a full disk) leaves at most a partial last line, which readers skip.
+    A write cut short (a full disk) leaves at most a partial last line, which readers skip; the
+    next line starts on a line of its own.
     """
-    handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    handle = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        os.write(handle, (line.rstrip("\n") + "\n").encode())
+        size = os.fstat(handle).st_size
+        start = b"\n" if size and os.pread(handle, 1, size - 1) != b"\n" else b""
+        os.write(handle, start + (line.rstrip("\n") + "\n").encode())
         os.fsync(handle)
     except OSError as error:
         raise OSError(error.errno, error.strerror, str(path)) from error

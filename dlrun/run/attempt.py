@@ -9,7 +9,7 @@ status.json, written by whichever process knows it, and a failure that not all p
 tears the group down and raises `errors.OutOfStep`, so that the others fail at their next
 exchange instead of waiting. The lock is released when the attempt ends, however it ends.
 
-A stop signal during start-up ends the attempt as interrupted before anything is written (an
+A stop signal during start-up ends the attempt as interrupted, an existing run untouched (an
 error met meanwhile is the signal's doing, not the config's); a storage failure (a full disk,
 read-only storage) ends it as a `StorageError` naming the path.
 """
@@ -27,14 +27,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from dlrun.atomic import os_error_in
 from dlrun.config import validate
 from dlrun.engine.distributed import Ranks
-from dlrun.atomic import os_error_in
 from dlrun.errors import ConfigError, DlrunError, OutOfStep, ReportedByMain, StorageError, TrainingDiverged
 from dlrun.report import hparams
 from dlrun.run import processes
-from dlrun.run.lock import RunLock
 from dlrun.run.admission import record_refusal, start_attempt
+from dlrun.run.lock import RunLock
 from dlrun.run.resume import ResumePlan, continue_command
 from dlrun.run.status import RunStatus
 from dlrun.run.stop_signals import Interrupted, StopSignals
@@ -113,11 +113,11 @@ def begin(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> Attempt:
     job_cfg = cfg
     try:
         cfg = validate(cfg)
-        stop.raise_if_requested("during start-up, before anything was written")
+        stop.raise_if_requested("during start-up, before training")
         ranks = processes.join(cfg.device)
         ranks.check(cfg)
     except (DlrunError, Interrupted) as error:
-        reported = stop.interrupted_instead(error, "during start-up, before anything was written")
+        reported = stop.interrupted_instead(error, "during start-up, before training")
         if processes.environment_rank() == 0:
             record_refusal(run_dir, reported, job_cfg)
         if reported is error:

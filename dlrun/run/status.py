@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import socket
 import time
@@ -21,7 +20,6 @@ from dlrun.atomic import append_line, read_json, write_json
 from dlrun.errors import TrainingDiverged
 from dlrun.run.stop_signals import Interrupted
 
-log = logging.getLogger("dlrun")
 STATUS_FILE = "status.json"
 ATTEMPTS_LOG = "attempts.jsonl"
 # The storage is full: the space a run set aside (dlrun.run.lock) is given back before a record is retried.
