@@ -42,11 +42,6 @@ def new_dir(path: str) -> str:
     return _claimed[path]
 
 
-def claimed(directory: str | Path) -> bool:
-    """Whether this process made `directory` with `new_dir` (it is this attempt's own, fresh)."""
-    return Path(directory).resolve() in {Path(path).resolve() for path in _claimed.values()}
-
-
 def sweep_dir(resume: str | None, new_sweep: str) -> str:
     """The multirun directory: `sweep.resume` when set (it must be an earlier sweep's), else a new one (`new_dir`)."""
     if resume in (None, ""):
