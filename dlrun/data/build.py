@@ -107,7 +107,8 @@ def _check_split_sizes(cfg: DictConfig, parts: dict[str, Union[TensorSplit, File
     picks the best epoch, as with dataset.val_fraction=0.
     """
     sizes = ", ".join(f"{name} {len(part)}" for name, part in parts.items())
-    asked = f"trainer.kfold={cfg.trainer.kfold}" if fold is not None else f"dataset.val_fraction={cfg.dataset.val_fraction}"
+    asked = (f"trainer.kfold={cfg.trainer.kfold}" if fold is not None
+             else f"dataset.val_fraction={cfg.dataset.val_fraction}")
     empty = [name for name in ("train", "test") if len(parts[name]) == 0] + (["val"] if fold is not None and
                                                                               len(parts["val"]) == 0 else [])
     if empty:

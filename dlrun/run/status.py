@@ -84,7 +84,7 @@ class RunStatus:
             self.write("running")
 
     def note(self, key: str, value: Any) -> None:
-        """Add a fact about this attempt to its record (e.g. the stale lock it took over); written with the next write."""
+        """Add a fact about this attempt to its record (e.g. the stale lock it took over), written by the next write."""
         self.attempt[key] = value
 
     def write(self, status: str, **outcome: Any) -> None:
