@@ -21,7 +21,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from dlrun.atomic import write_json
+from dlrun.atomic import claim_directory, write_json
 from dlrun.data.card import write_card
 from dlrun.engine.compiling import compile_report, compile_seconds
 from dlrun.engine.distributed import Ranks
@@ -57,7 +57,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """
     run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(cfg)
     with StopSignals() as stop:
-        attempt = attempts.begin(cfg, run_dir)
+        attempt = attempts.begin(cfg, run_dir, stop)
         with attempt.recording(stop):
             summary = attempt.done if attempt.done is not None else _train_attempt(attempt, stop)
         signum = attempt.ranks.agree_now(stop.signum)
@@ -289,9 +289,10 @@ def _results_rows(history: dict[str, float], test: dict[str, float]) -> dict[str
 
 
 def _default_run_dir(cfg: DictConfig) -> Path:
+    """Hydra's directory for this job; from code, a new `<output_root>/<date>/<time>[_<n>]` made here."""
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
-    return Path(cfg.get("output_root", "outputs")) / time.strftime("%Y-%m-%d/%H-%M-%S")
+    return claim_directory(Path(cfg.get("output_root", "outputs")) / time.strftime("%Y-%m-%d/%H-%M-%S"))
 
 
 def _or_nan(value: Optional[float]) -> float:

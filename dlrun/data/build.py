@@ -23,6 +23,7 @@ from dlrun.data.loader import BatchTransform, PairTransform, TensorLoader, compo
 from dlrun.data.shard import Shard
 from dlrun.data.splits import ALL_ROWS, DataSplits, TensorSplit, fold_split, split_off
 from dlrun.data.task_targets import fit_targets
+from dlrun.errors import DataError
 
 log = logging.getLogger("dlrun")
 Loader = Union[TensorLoader, FileLoader]
@@ -109,10 +110,32 @@ def _parts(cfg: DictConfig, splits: DataSplits, fold: Optional[int]) -> dict[str
     elif val is None:
         train, val = split_off(train, cfg.dataset.val_fraction, seed=cfg.seed, in_order=splits.sequential)
     parts = {"train": train, "val": val, "test": splits.test}
+    _check_split_sizes(cfg, parts, fold)
     subset = _smallest(cfg.dataset.subset, cfg.debug.subset)
     if subset is not None:
         parts = {name: part.select(slice(0, subset)) for name, part in parts.items()}
     return parts
+
+
+def _check_split_sizes(cfg: DictConfig, parts: dict[str, Union[TensorSplit, FileSplit]], fold: Optional[int]) -> None:
+    """Training and test examples exist: too few rows is one line, not an IndexError in the loop.
+
+    A validation fraction that rounds to no example is said in the log: the training metric then
+    picks the best epoch, as with dataset.val_fraction=0.
+    """
+    sizes = ", ".join(f"{name} {len(part)}" for name, part in parts.items())
+    asked = (f"trainer.kfold={cfg.trainer.kfold}" if fold is not None
+             else f"dataset.val_fraction={cfg.dataset.val_fraction}")
+    wanted = ["train", *(["test"] if cfg.dataset.get("test_fraction") != 0 else []),  # 0: no test split, by choice
+              *(["val"] if fold is not None and fold != ALL_ROWS else [])]  # a refit trains on every row
+    empty = [name for name in wanted if len(parts[name]) == 0]
+    if empty:
+        raise DataError(f"dataset: {sum(len(part) for part in parts.values())} examples are too few for the splits "
+                        f"asked for ({sizes}; {asked}): the {' and '.join(empty)} split"
+                        f"{'s' if len(empty) > 1 else ''} would be empty; use more data or smaller fractions")
+    if len(parts["val"]) == 0 and cfg.dataset.val_fraction > 0:
+        log.warning("dataset: %s leaves no validation example (%s): the training metric picks the best epoch",
+                    asked, sizes)
 
 
 def _augmentation(cfg: DictConfig, parts: dict[str, Union[TensorSplit, FileSplit]]

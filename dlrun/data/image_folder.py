@@ -244,8 +244,10 @@ def _class_names(folder: Path) -> list[str]:
 def _from_class_folders(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
     classes = _class_names(folder)
     samples, empty = [], []
+    root = os.path.realpath(folder)
+    seen: dict[str, str] = {root: str(folder)}  # shared: no image under two classes
     for label, name in enumerate(classes):
-        files = images_under(folder / name)
+        files = images_under(folder / name, seen, within=(root,))
         if not files:
             empty.append(name)
         samples.extend((path, label) for path in files)
@@ -256,13 +258,48 @@ def _from_class_folders(folder: Path) -> tuple[list[tuple[str, int]], list[str]]
     return samples, classes
 
 
-def images_under(folder: Path) -> list[str]:
-    """Image files under `folder` and its sub-folders (hidden ones skipped), sorted by path."""
-    found = []
-    for directory, subfolders, files in os.walk(folder, followlinks=True):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        found.extend(os.path.join(directory, name) for name in sorted(files) if is_image_file(name))
+def images_under(folder: Path, seen: Optional[dict[str, str]] = None, within: tuple[str, ...] = ()) -> list[str]:
+    """Image files under `folder` and its sub-folders (hidden ones skipped), following links; in walk order:
+    a folder's files sorted, then its sub-folders' by name.
+
+    `seen` (real path → the path it was found at) is shared between the calls for one listing, so an
+    image or a folder reached twice (through a symbolic link) is a DataError naming both paths, and a
+    link back to a folder it lies in (a loop, `within` giving the real paths of the folders above
+    `folder`) one naming the link: never the same file under two labels.
+    """
+    seen = {} if seen is None else seen
+    found: list[str] = []
+    root = os.path.realpath(folder)
+    _claim(seen, root, str(folder))
+    _walk(str(folder), root, (*within, root), seen, found)
     return found
+
+
+def _walk(directory: str, real: str, ancestors: tuple[str, ...], seen: dict[str, str], found: list[str]) -> None:
+    entries = sorted((entry for entry in os.scandir(directory) if not entry.name.startswith(".")),
+                     key=lambda entry: entry.name)
+    subfolders = []
+    for entry in entries:
+        linked = entry.is_symlink()
+        if entry.is_dir():
+            subfolders.append((entry, os.path.realpath(entry.path) if linked else os.path.join(real, entry.name)))
+        elif is_image_file(entry.name):
+            _claim(seen, os.path.realpath(entry.path) if linked else os.path.join(real, entry.name), entry.path)
+            found.append(entry.path)
+    for entry, target in subfolders:
+        if target in ancestors:
+            raise DataError(f"{entry.path} is a symbolic link to {target}, a folder it lies in (a loop); "
+                            "remove the link or point it elsewhere")
+        _claim(seen, target, entry.path)
+        _walk(entry.path, target, (*ancestors, target), seen, found)
+
+
+def _claim(seen: dict[str, str], real: str, path: str) -> None:
+    """Note that `path` is the file or folder at `real`; DataError if another path reached it first."""
+    if real in seen:
+        raise DataError(f"{path} and {seen[real]} are the same {'folder' if os.path.isdir(real) else 'file'} "
+                        f"({real}, reached twice through a symbolic link); an image must be listed once")
+    seen[real] = path
 
 
 def _from_csv(folder: Path, labels_csv: str, target_kind: Optional[str] = "classification",
@@ -271,7 +308,7 @@ def _from_csv(folder: Path, labels_csv: str, target_kind: Optional[str] = "class
     table = folder / labels_csv
     if not table.is_file():
         raise DataError(f"dataset.labels_csv: {table} not found; expected a CSV of image path,label under {folder}")
-    with open(table, newline="") as handle:
+    with open(table, newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: a byte-order mark is not a name
         lines = [row for row in csv.reader(handle) if row]
     header, rows = ([name.strip() for name in lines[0]], lines[1:]) if lines else ([], [])
     if any(len(row) < 2 for row in rows):

@@ -10,7 +10,8 @@ loading.
 The fitted preprocessing is a `TableEncoder`: its state (`state_dict()`, plain JSON) is saved in
 the run directory at training time (dlrun.data.card) and applied unchanged to new rows by
 dlrun-predict and dlrun-eval. A category the training file never had goes to the `<missing>`
-column; a missing value is filled as in training.
+column; a missing value is filled as in training. What is read is checked as it is read
+(dlrun.data.csv_checks): repeated column names, non-finite numbers, a byte-order mark.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from dlrun.data.csv_checks import BOM, header_names, not_a_number, numeric_column
 from dlrun.data.splits import DataSplits, TensorSplit, split_off
 from dlrun.data.targets import TARGET_KINDS, encode_targets
 from dlrun.errors import DataError
@@ -61,15 +63,17 @@ class TableEncoder:
     columns: tuple[Column, ...]
 
     @classmethod
-    def fit(cls, header: list[str], rows: list[list[str]], skip: tuple[str, ...] = ()) -> "TableEncoder":
-        """Numeric columns (every present value a finite number) get their mean and std; the others their categories."""
+    def fit(cls, header: list[str], rows: list[list[str]], skip: tuple[str, ...] = (),
+            source: str = "the CSV file") -> "TableEncoder":
+        """Numeric columns (most present values numbers: `csv_checks.numeric_column`) get their mean and std;
+        the others their categories."""
         columns: list[Column] = []
         for i, name in enumerate(header):
             if name in skip:
                 continue
             values = [row[i] for row in rows]
             missing = np.array([_is_missing(value) for value in values])
-            numbers = _as_numbers(values, missing)
+            numbers = numeric_column(name, values, missing, source)
             if numbers is None:
                 categories = sorted({value for value, gone in zip(values, missing) if not gone})
                 columns.append(CategoricalColumn(name, tuple(categories)))
@@ -96,6 +100,7 @@ class TableEncoder:
         naming it (and the line, counting the header as line 1).
         """
         position = {name: i for i, name in enumerate(header)}
+        position.update({BOM + name: i for name, i in list(position.items())})  # an encoder fitted with a BOM in a name
         absent = [column.name for column in self.columns if column.name not in position]
         if absent:
             also = f" ({len(absent)} of its columns are missing: {_listed(absent)})" if len(absent) > 1 else ""
@@ -194,7 +199,7 @@ def _encode_with(encoder: Optional[TableEncoder], path: str, target: tuple[str, 
         if unknown:
             raise DataError(f"dataset.drop names {', '.join(unknown)}, not columns of {path}; "
                             f"columns: {', '.join(header)}")
-        encoder = TableEncoder.fit(header, rows, skip=(*target, *drop))
+        encoder = TableEncoder.fit(header, rows, skip=(*target, *drop), source=path)
         if not encoder.columns:
             raise DataError(f"{path} has no feature columns besides the target {', '.join(map(repr, target))}")
     encoded = encode_targets(target_kind, {name: [None if _is_missing(row[header.index(name)]) else
@@ -229,7 +234,7 @@ def _check_target(path: str, target: str, header: list[str]) -> None:
 
 def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a leading byte-order mark is dropped
             reader = csv.reader(handle)
             header = next(reader, None)
             rows = [row for row in reader if row]
@@ -240,7 +245,7 @@ def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     for number, row in enumerate(rows, start=2):
         if len(row) != len(header):
             raise DataError(f"CSV file {path} line {number}: {len(row)} fields, the header has {len(header)}")
-    return [name.strip() for name in header], [[value.strip() for value in row] for row in rows]
+    return header_names(path, header), [[value.strip() for value in row] for row in rows]
 
 
 def _is_missing(value: str) -> bool:
@@ -253,7 +258,7 @@ def _standardized(column: NumericColumn, values: list[str], source: str) -> np.n
     if numbers is None:
         line, value = next((row + 2, value) for row, value in enumerate(values)
                            if not _is_missing(value) and _as_numbers([value], np.array([False])) is None)
-        raise DataError(f"{source} line {line}: column {column.name!r} holds {value!r}, not a number "
+        raise DataError(f"{source} line {line}: column {column.name!r} holds {value!r}, {not_a_number(value)} "
                         "(the model was trained with numbers in it)")
     return np.where(missing, 0.0, (numbers - column.mean) / column.std)
 

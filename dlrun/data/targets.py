@@ -89,21 +89,24 @@ def _present(name: str, values: list[Optional[str]], source: str) -> list[str]:
 
 
 def _numbers(columns: dict[str, list[Optional[str]]], source: str) -> np.ndarray:
-    """float32 (rows,) for one column, (rows, columns) for several; a word or a non-finite number is an error."""
+    """float32 (rows,) for one column, (rows, columns) for several; a word or a number float32 cannot hold
+    (inf, nan, 1e39) is an error naming the line."""
     blocks = []
     for name, values in columns.items():
-        numbers = np.zeros(len(values), dtype=np.float64)
+        numbers = np.zeros(len(values), dtype=np.float32)
         for line, value in enumerate(_present(name, values, source), start=2):
             try:
-                numbers[line - 2] = float(value)
+                number = float(value)
             except ValueError:
-                numbers[line - 2] = math.nan
+                raise DataError(f"{source} line {line}: target {name!r} holds {value!r}, not a number "
+                                "(dataset.task=regression); use dataset.task=classification for labels") from None
+            with np.errstate(over="ignore"):  # 1e39 becomes inf in float32: that is the point
+                numbers[line - 2] = number
             if not math.isfinite(numbers[line - 2]):
-                raise DataError(f"{source} line {line}: target {name!r} holds {value!r}, not a finite number "
-                                "(dataset.task=regression); use dataset.task=classification for labels")
+                raise DataError(f"{source} line {line}: target {name!r} is {value!r}, not a finite number in "
+                                "float32; fix or drop that row")
         blocks.append(numbers)
-    stacked = np.stack(blocks, axis=1) if len(blocks) > 1 else blocks[0]
-    return stacked.astype(np.float32)
+    return np.stack(blocks, axis=1) if len(blocks) > 1 else blocks[0]
 
 
 def _multilabel(columns: dict[str, list[Optional[str]]], source: str,

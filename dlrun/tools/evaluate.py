@@ -13,8 +13,10 @@ keep the run's values. Other data is evaluated whole (`--split all`) unless `--s
 otherwise; images are decoded at the model's channels and size, CSV rows go through the run's
 fitted encoder, and classes (a language model's tokens) are matched by name.
 
-Each evaluation writes `<run dir>/eval/<time>/`: metrics.json, the task's files (dlrun.tools.outputs)
-and TensorBoard events.
+Each evaluation writes `<run dir>/eval/<time>/` (`--out DIR`: `DIR/<time>/`, e.g. for a run on
+read-only storage): metrics.json, the task's files (dlrun.tools.outputs) and TensorBoard events.
+The metrics are printed before anything is written, so a folder that cannot be written loses
+nothing but the files (the error names the path and suggests --out).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from dlrun.data.files import FileLoader
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
 from dlrun.engine.loop import evaluate
-from dlrun.errors import ConfigError, DataError
+from dlrun.errors import ConfigError, DataError, StorageError
 from dlrun.tasks import build_task
 from dlrun.tools.command import add_run_arguments, tool_main
 from dlrun.tools.loaded_run import LoadedRun, load_run
@@ -63,14 +65,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--prefix", default=None, help="language model: the text to continue (default: the run's "
                         "dataset.sample_prefix)")
     parser.add_argument("--length", type=int, default=50, help="language model: tokens to generate (default 50)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="write the evaluation into DIR/<time>/ instead of <run dir>/eval/<time>/ (a run on "
+                        "read-only storage)")
     args = parser.parse_args(argv)
     tool_main("dlrun-eval", lambda: evaluate_run(args.run_dir, args.overrides, args.checkpoint, args.split,
-                                                 args.device, OutputOptions(prefix=args.prefix, length=args.length)))
+                                                 args.device, OutputOptions(prefix=args.prefix, length=args.length),
+                                                 out=args.out))
 
 
 def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best", split: Optional[str] = None,
-                 device: Optional[str] = None, options: OutputOptions = OutputOptions()) -> dict[str, Any]:
-    """Evaluate and write `<run dir>/eval/<time>/`; return what metrics.json holds.
+                 device: Optional[str] = None, options: OutputOptions = OutputOptions(),
+                 out: Optional[Path] = None) -> dict[str, Any]:
+    """Evaluate, print the metrics and write `<run dir>/eval/<time>/` (or `<out>/<time>/`); return what
+    metrics.json holds. A folder that cannot be written is a StorageError naming it, after the metrics show.
 
     The loop is training's own `evaluate`; the task's outputs (dlrun.tools.outputs) see every batch.
     """
@@ -91,18 +99,24 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best", 
                for name, value in evaluate(trained.model, batches, task, trained.precision,
                                            observe=outputs.update).items()}
 
-    folder = _new_folder(Path(run_dir) / "eval")
-    with SummaryWriter(log_dir=str(folder)) as writer:
-        for name, value in metrics.items():
-            writer.add_scalar(name, value, trained.epoch)
-        extra = outputs.finish(folder, writer, trained.model, task)
-    result = {"run_dir": str(run_dir), "folder": str(folder), "checkpoint": str(trained.checkpoint),
-              "epoch": trained.epoch, "split": split, "overrides": list(overrides), "examples": loader.num_examples,
-              "metrics": metrics, **extra}
-    write_json(folder / "metrics.json", result)
     examples = (f"all {loader.num_examples} examples" if split == "all"
                 else f"the {split} split ({loader.num_examples} examples)")
-    _show(f"{examples} with {trained.checkpoint.name} of epoch {trained.epoch}", metrics, outputs.tables(), folder)
+    _show_metrics(f"{examples} with {trained.checkpoint.name} of epoch {trained.epoch}", metrics)
+    parent = Path(out) if out is not None else Path(run_dir) / "eval"
+    try:
+        folder = _new_folder(parent)
+        with SummaryWriter(log_dir=str(folder)) as writer:
+            for name, value in metrics.items():
+                writer.add_scalar(name, value, trained.epoch)
+            extra = outputs.finish(folder, writer, trained.model, task)
+        result = {"run_dir": str(run_dir), "folder": str(folder), "checkpoint": str(trained.checkpoint),
+                  "epoch": trained.epoch, "split": split, "overrides": list(overrides),
+                  "examples": loader.num_examples, "metrics": metrics, **extra}
+        write_json(folder / "metrics.json", result)
+    except OSError as error:
+        raise StorageError(f"cannot write {error.filename or parent} ({error.strerror}); the metrics above are "
+                           "not saved: write the evaluation elsewhere with --out DIR") from error
+    _show_rest(outputs.tables(), folder)
     return result
 
 
@@ -259,7 +273,7 @@ def _new_folder(parent: Path) -> Path:
     raise FileExistsError(f"no free folder name under {parent}")
 
 
-def _show(what: str, metrics: dict[str, float], tables: list[Table], folder: Path) -> None:
+def _show_metrics(what: str, metrics: dict[str, float]) -> None:
     console.print(f"evaluated: {what}", soft_wrap=True)
     table = Table()
     table.add_column("metric")
@@ -267,6 +281,9 @@ def _show(what: str, metrics: dict[str, float], tables: list[Table], folder: Pat
     for name, value in metrics.items():
         table.add_row(name, f"{value:.6g}")
     console.print(table)
+
+
+def _show_rest(tables: list[Table], folder: Path) -> None:
     for extra in tables:
         console.print(extra)
     console.print(f"evaluation written to {folder}", soft_wrap=True)
