@@ -133,7 +133,7 @@ def _check_split_sizes(cfg: DictConfig, parts: dict[str, Union[TensorSplit, File
         raise DataError(f"dataset: {sum(len(part) for part in parts.values())} examples are too few for the splits "
                         f"asked for ({sizes}; {asked}): the {' and '.join(empty)} split"
                         f"{'s' if len(empty) > 1 else ''} would be empty; use more data or smaller fractions")
-    if len(parts["val"]) == 0 and cfg.dataset.val_fraction > 0:
+    if len(parts["val"]) == 0 and cfg.dataset.val_fraction > 0 and fold != ALL_ROWS:
         log.warning("dataset: %s leaves no validation example (%s): the training metric picks the best epoch",
                     asked, sizes)
 
