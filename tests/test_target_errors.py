@@ -83,8 +83,11 @@ def test_every_kind_reads_from_a_files_columns():
     with pytest.raises(DataError, match=r"^t\.csv: dataset\.task=binary needs two distinct values in 'label', "
                                         r"found 3 \(2, 10, b\); use dataset\.task=classification for more classes$"):
         encode_targets("binary", {"label": ["10", "2", "b"]}, source)
-    with pytest.raises(DataError, match=r"^t\.csv line 3: target 'x' holds 'big', not a finite number"):
+    with pytest.raises(DataError, match=r"^t\.csv line 3: target 'x' holds 'big', not a number \(dataset\.task="
+                                        r"regression\); use dataset\.task=classification for labels$"):
         encode_targets("regression", {"x": ["1", "big"]}, source)
+    with pytest.raises(DataError, match=r"^t\.csv line 2: target 'x' is '1e39', not a finite number in float32"):
+        encode_targets("regression", {"x": ["1e39", "1"]}, source)
     with pytest.raises(DataError, match=r"^t\.csv: the data's labels fox are not labels of the model; its labels: "
                                         r"cat, dog$"):
         encode_targets("multilabel", {"tags": ["fox cat"]}, source, classes=["cat", "dog"])
