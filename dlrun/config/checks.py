@@ -244,6 +244,8 @@ def _check_trainer(trainer: dict[str, Any], debug: dict[str, Any]) -> None:
     _require(trainer["batch_size"] >= 1, "trainer.batch_size", trainer["batch_size"], "must be >= 1")
     kfold = trainer["kfold"]
     _require(kfold is None or kfold >= 2, "trainer.kfold", kfold, "must be >= 2 or null")
+    if trainer["kfold_refit"] and kfold is None:
+        raise ConfigError("trainer.kfold_refit=true refits after K-fold cross-validation: set trainer.kfold=K too")
     every = trainer["save_every_steps"]
     _require(every is None or every >= 1, "trainer.save_every_steps", every, "must be >= 1 or null (off)")
     minutes = trainer["save_every_minutes"]

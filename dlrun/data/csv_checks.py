@@ -51,16 +51,6 @@ def numeric_column(name: str, values: list[str], missing: np.ndarray, source: st
     return numbers
 
 
-def check_finite_target(path: str, target: str, values: list[str]) -> None:
-    """A regression target's numbers are finite float32 (a word is left to the target's own parsing)."""
-    parsed = [number(value) for value in values]
-    with np.errstate(over="ignore"):  # 1e39 becomes inf in float32: that is the point
-        bad = [row for row, value in enumerate(parsed) if value is not None and not np.isfinite(np.float32(value))]
-    if bad:
-        raise DataError(f"CSV file {path} line {bad[0] + 2}: target {target!r} is {values[bad[0]]!r}, not a finite "
-                        f"number in float32 ({len(bad)} rows in all); fix or drop those rows")
-
-
 def not_a_number(value: str) -> str:
     """How a cell that should hold a number fails: "not a number" (a word) or "not a finite number" (inf)."""
     return "not a number" if number(value) is None else "not a finite number"

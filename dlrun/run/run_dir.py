@@ -22,12 +22,17 @@ SUMMARY_FILE = "summary.json"
 # Keys that may change between a run and its continuation without making it another experiment.
 RESUME_INSENSITIVE_KEYS = ("trainer.resume", "trainer.epochs", "trainer.save_every_steps", "trainer.save_every_minutes",
                            "trainer.log_grad_norms", "output_root", "name", "sweep.resume", "device.dist_timeout_min")
+# Keys added to every config after runs were first written, at the values that do what their absence did:
+# left out of the fingerprint, so an older run keeps its own and can be continued.
+# (A dataset's new standardize_targets=true is left in: it changes what a regression run trains.)
+INERT_NEW_KEYS = {"trainer.kfold_refit": False, "model.weights": None, "dataset.loss": None, "dataset.pos_weight": None,
+                  "dataset.threshold": 0.5, "dataset.standardize_targets": False}
 # What a run writes while training; cleared (with any fold_*/) before a run without a checkpoint starts
 # again from scratch: all of it came after the last checkpoint (there is none), as the metrics lines a
 # resume drops do.
 TRAINING_OUTPUTS = ("tb", "checkpoints", "metrics.jsonl", SUMMARY_FILE, "model_summary.txt", "data.json", "curves.png")
 # What a run of another config leaves when a sweep job runs again in its directory: moved into earlier/<n>/.
-RUN_RECORDS = (*TRAINING_OUTPUTS, STATUS_FILE, ".hydra", "forecasts.png")
+RUN_RECORDS = (*TRAINING_OUTPUTS, STATUS_FILE, ".hydra", "forecasts.png", "refit")  # refit: dlrun.run.kfold.REFIT_DIR
 EARLIER = "earlier"
 
 
@@ -38,6 +43,10 @@ def config_fingerprint(cfg: DictConfig) -> str:
     for dotted in RESUME_INSENSITIVE_KEYS:
         section, _, key = dotted.rpartition(".")
         (container.get(section, {}) if section else container).pop(key, None)
+    for dotted, inert in INERT_NEW_KEYS.items():
+        section, _, key = dotted.rpartition(".")
+        if key in container.get(section, {}) and container[section][key] == inert:
+            del container[section][key]
     return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -100,8 +109,9 @@ def set_aside(run_dir: Path) -> Optional[Path]:
 
 
 def clear_training_outputs(run_dir: Path) -> None:
-    """Remove an earlier attempt's event files, checkpoints, metrics and folds, so a rerun starts clean."""
-    for path in [*(Path(run_dir) / name for name in TRAINING_OUTPUTS), *Path(run_dir).glob("fold_*")]:
+    """Remove an earlier attempt's event files, checkpoints, metrics, folds and refit, so a rerun starts clean."""
+    for path in [*(Path(run_dir) / name for name in TRAINING_OUTPUTS), *Path(run_dir).glob("fold_*"),
+                 Path(run_dir) / "refit"]:  # dlrun.run.kfold.REFIT_DIR (kfold imports this module)
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():

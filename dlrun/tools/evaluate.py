@@ -38,6 +38,7 @@ from dlrun.atomic import write_json
 from dlrun.config import validate
 from dlrun.config.messages import describe_error
 from dlrun.data.build import Data, Loader, build_data
+from dlrun.data.card import DataCard
 from dlrun.data.files import FileLoader
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
@@ -50,6 +51,7 @@ from dlrun.tools.outputs import OutputOptions, outputs_for
 
 SPLITS = ("test", "val", "train", "all")
 CSV_LOADER = "dlrun.data.tabular.load_csv"
+LABELLED_LOADERS = (CSV_LOADER, "dlrun.data.image_folder.load_image_folder")  # they take `classes` to index by
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -88,9 +90,9 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best", 
     if len(loader) == 0:
         raise DataError(f"the {split} split of this data is empty; choose another with --split")
     _check_input_shape(loader, trained)
-    # The task scores in the model's classes: `_matched` turns the data's class indices into the model's.
-    task = build_task(cfg, replace(data, extras={**data.extras, "classes": trained.card.classes})
-                      if trained.card.classes else data)
+    # The task scores in the model's classes (`_matched` turns the data's class indices into the model's) and
+    # in the model's target units (the training split's mean and std, not this data's).
+    task = build_task(cfg, replace(data, extras={**data.extras, **model_targets(trained.card)}))
     outputs = outputs_for(trained.card, options)
     batches = _matched(with_progress(loader, len(loader), f"evaluating {split}"), cfg, data, trained)
     metrics = {f"{split}/{name}": value
@@ -173,10 +175,22 @@ def _recorded_overrides(run_dir: Path) -> Optional[list[str]]:
     return None
 
 
+def model_targets(card: DataCard) -> dict[str, Any]:
+    """What the task takes from the run rather than from the data: its class names, its targets' scale."""
+    extras: dict[str, Any] = {"classes": card.classes} if card.classes else {}
+    if card.task == "regression":
+        extras.update(target_scale=card.scale().state(), target_names=card.target_names)
+    return extras
+
+
 def _fit_to_model(cfg: DictConfig, trained: LoadedRun, given: set[str]) -> None:
-    """Other data is read as the model reads: images at its channels and size, CSV rows through its encoder."""
+    """Other data is read as the model reads: images at its channels and size, CSV rows through its encoder,
+    labels by the model's class names."""
     card = trained.card
     dataset = cfg.dataset
+    if card.classes and card.task != "detection" and dataset.get("_target_") in LABELLED_LOADERS:
+        dataset.classes = list(card.classes)
+        dataset.num_outputs = 1 if card.task == "binary" else len(card.classes)  # the model's, not this data's
     if card.inputs == "image":
         channels, height, width = card.input_shape
         if "channels" in dataset and "dataset.channels" not in given:
