@@ -100,8 +100,9 @@ class Config:
 
 # Keys a group option may carry besides its target's arguments: dlrun reads them itself.
 META_KEYS: dict[str, set[str]] = {
-    # for_task: the one task a model is made for (detection); weights: a file of weights loaded after init
-    "model": {"input_size", "init", "for_task", "weights"},
+    # for_task: the one task a model is made for (detection); init, init_param: dlrun.models.init;
+    # weights: a file of weights loaded after init
+    "model": {"input_size", "init", "init_param", "for_task", "weights"},
     # The target's options (dlrun.tasks) sit next to dataset.task: what the loss and metrics make of the targets.
     "dataset": {"task", "num_outputs", "input_shape", "resize", "val_fraction", "subset", "log_target",
                 "standardize_targets", "loss", "pos_weight", "threshold"},

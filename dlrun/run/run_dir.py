@@ -26,7 +26,9 @@ RESUME_INSENSITIVE_KEYS = ("trainer.resume", "trainer.epochs", "trainer.save_eve
 # left out of the fingerprint, so an older run keeps its own and can be continued.
 # (A dataset's new standardize_targets=true is left in: it changes what a regression run trains.)
 INERT_NEW_KEYS = {"trainer.kfold_refit": False, "model.weights": None, "dataset.loss": None, "dataset.pos_weight": None,
-                  "dataset.threshold": 0.5, "dataset.standardize_targets": False}
+                  "dataset.threshold": 0.5, "dataset.standardize_targets": False,
+                  # model.activation null is the family's own (ReLU for the CNNs), as before the key existed
+                  "model.activation": None, "model.activation_param": None, "model.init_param": None}
 # What a run writes while training; cleared (with any fold_*/) before a run without a checkpoint starts
 # again from scratch: all of it came after the last checkpoint (there is none), as the metrics lines a
 # resume drops do.
@@ -37,7 +39,8 @@ EARLIER = "earlier"
 
 
 def config_fingerprint(cfg: DictConfig) -> str:
-    """A hash of the resolved experiment config, blind to the keys a continuation may change."""
+    """A hash of the resolved experiment config, blind to the keys a continuation may change (and to
+    INERT_NEW_KEYS at their inert values)."""
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
     for dotted in RESUME_INSENSITIVE_KEYS:
