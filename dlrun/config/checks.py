@@ -221,6 +221,8 @@ def _check_device(device: dict[str, Any]) -> None:
             raise ConfigError(f"device.{key}={device[key]!r} is not one of: auto, true, false")
     _require(device["float_cache_mb"] >= 0, "device.float_cache_mb", device["float_cache_mb"], "must be >= 0 (0 = off)")
     threads = device["num_threads"]
-    _require(threads is None or threads >= 1, "device.num_threads", threads, "must be >= 1 or null")
+    if not (threads is None or threads == "auto" or (_is_number(threads) and int(threads) == threads)):
+        raise ConfigError(f"device.num_threads={threads!r} is not one of: auto, a whole number >= 1, null")
+    _require(threads in (None, "auto") or threads >= 1, "device.num_threads", threads, "must be >= 1, auto or null")
     timeout = device["dist_timeout_min"]
     _require(timeout > 0, "device.dist_timeout_min", timeout, "must be > 0 (minutes)")
