@@ -3,13 +3,17 @@ on an idle machine and beside 1 and 2 busy CPU-bound processes that this script 
 
     python benchmarks/threads.py                    # GRU, LeNet, MLP; loads 0, 1, 2; 3 s per measurement
     python benchmarks/threads.py --wait-idle        # first wait until the 1-minute load average is below 0.8
+    python benchmarks/threads.py --passive          # also each setting with OMP_WAIT_POLICY=PASSIVE
 
 Each (load, setting) pair trains in a fresh process, as a `dlrun` run would: `auto` is decided at
 its start by dlrun.machine.choose_threads, which sees the busy processes. The workloads are d2l's,
 at batch 256: a GRU language model (hidden 256, 35 steps) on the characters of README.md, LeNet and
 an MLP (256 hidden) on synthetic 28x28 images; a plain loop of forward, loss, backward, SGD step.
-A warm-up, then the best of 2 timed windows counts. The table gives each setting's examples/s and
-its ratio to the best fixed thread count under the same load; the target is auto >= 0.8x everywhere.
+A warm-up, then the best of 2 timed windows counts (and the better of 2 processes per setting, run
+in mirrored order). The table gives each setting's examples/s and its ratio to the best fixed
+thread count under the same load; the target is auto >= 0.8x everywhere. With --passive, every
+setting above 1 thread runs a second time with OpenMP's passive wait policy (threads sleep at a
+barrier instead of spinning), to see whether that softens oversubscription.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def main() -> None:
     parser.add_argument("--loads", default="0,1,2", help="busy background processes to measure beside")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each timed window")
     parser.add_argument("--wait-idle", action="store_true", help="wait (<= 15 min) for a 1-minute load below 0.8")
+    parser.add_argument("--passive", action="store_true", help="also run settings with OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one measurement in this process
     args = parser.parse_args()
     if args.worker:
@@ -43,6 +48,8 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     fixed = [str(count) for count in range(1, cores + 1)]
     settings = [*fixed, "auto"]
+    if args.passive:
+        settings += [f"{setting}/passive" for setting in settings if setting != "1"]
     load_before = os.getloadavg()[0]
     results: dict[int, dict[str, dict]] = {}
     for load in (int(value) for value in args.loads.split(",")):
@@ -76,7 +83,11 @@ def _under_load(load: int, settings: list[str], args: argparse.Namespace) -> dic
 def _run_worker(setting: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--worker", setting, "--workloads", args.workloads,
                "--seconds", str(args.seconds)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600, check=True)
+    environment = dict(os.environ)
+    if setting.endswith("/passive"):  # read by OpenMP when torch loads it: set before the process starts
+        environment["OMP_WAIT_POLICY"] = "PASSIVE"
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600, check=True,
+                          env=environment)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -86,7 +97,8 @@ def _measure(setting: str, workloads: list[str], seconds: float) -> dict:
 
     from dlrun.machine import choose_threads
 
-    choice = choose_threads("auto" if setting == "auto" else int(setting), parallel=1)
+    count = setting.partition("/")[0]
+    choice = choose_threads("auto" if count == "auto" else int(count), parallel=1)
     torch.set_num_threads(choice.threads)
     rates = {}
     for name in workloads:
@@ -137,20 +149,22 @@ def _workload(name: str):
 
 
 def _print_table(results: dict[int, dict[str, dict]], fixed: list[str], workloads: list[str]) -> None:
-    head = " | ".join(f"{count} thread{'s' if count != '1' else ''} ex/s" for count in fixed)
-    print(f"| busy processes | workload | {head} | auto: threads | auto ex/s | auto / best fixed |")
-    print("|" + "---|" * (len(fixed) + 5))
+    """One row per load and workload: every setting's examples/s and its ratio to the best fixed count."""
+    settings = list(next(iter(results.values())))
+    names = {setting: setting.partition("/")[0] + ("" if setting.startswith("auto") else " thr.")
+             + (" passive" if setting.endswith("/passive") else "") for setting in settings}
+    print("| busy processes | workload | " + " | ".join(f"{names[s]} ex/s" for s in settings) + " | auto threads |")
+    print("|" + "---|" * (len(settings) + 3))
     worst = float("inf")
     for load, measured in results.items():
         for workload in workloads:
-            rates = {setting: measured[setting]["rates"][workload] for setting in measured}
+            rates = {setting: measured[setting]["rates"][workload] for setting in settings}
             best_fixed = max(rates[count] for count in fixed)
-            ratio = rates["auto"] / best_fixed
-            worst = min(worst, ratio)
-            cells = " | ".join(f"{rates[count]:,.0f} ({rates[count] / best_fixed:.2f}×)" for count in fixed)
-            print(f"| {load} | {workload} | {cells} | {measured['auto']['threads']} | {rates['auto']:,.0f} | "
-                  f"{ratio:.2f}× |")
-    print(f"\nauto against the best fixed choice, worst case: {worst:.2f}× (target >= 0.8×)")
+            worst = min(worst, rates["auto"] / best_fixed)
+            cells = " | ".join(f"{rates[s]:,.0f} ({rates[s] / best_fixed:.2f}×)" for s in settings)
+            print(f"| {load} | {workload} | {cells} | {measured['auto']['threads']} |")
+    print(f"\n(ratios: to the best fixed thread count under the same load) "
+          f"auto against the best fixed choice, worst case: {worst:.2f}× (target >= 0.8×)")
 
 
 def _wait_for_idle(limit_s: float = 900.0) -> None:

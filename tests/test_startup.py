@@ -47,11 +47,16 @@ def test_the_signature_table_is_the_codes():
     assert "torch.optim.Adam" in built and "dlrun.models.lenet.LeNet" in built
     stale = sorted(target for target in set(stored) | set(built) if stored.get(target) != built.get(target))
     assert not stale, f"signatures.json is out of date for {stale}: run `make signatures`"
+    assert signatures.table_torch_version() == signatures.torch_version(), "run `make signatures`"
     assert built["torch.optim.lr_scheduler.ReduceLROnPlateau"]["metric_driven"]
     assert built["torch.optim.Adam"]["parameters"]["betas"]["length"] == 2
 
 
-def test_a_target_not_in_the_table_is_described_from_its_code():
+def test_a_target_not_in_the_table_is_described_from_its_code(monkeypatch):
     described = signatures.signature_of("tiny_rnn.TinyRNN")  # tests/helpers: a user's own model
     assert described == signatures.describe(__import__("tiny_rnn").TinyRNN)
     assert "tiny_rnn.TinyRNN" not in signatures.table()
+    # Another torch than the table's: torch's own targets are read from the installed one.
+    monkeypatch.setattr(signatures, "table_torch_version", lambda: "1.0.0")
+    monkeypatch.setitem(signatures._stored(), "torch.optim.SGD", {"parameters": {}, "var_keyword": True})
+    assert "momentum" in signatures.signature_of("torch.optim.SGD")["parameters"]

@@ -1,7 +1,8 @@
 """Checking a composed config before any compute: `validate` returns it typed, or raises one line.
 
 Fixed sections are typed by the schema's dataclasses (a typo'd key, a wrong type, a missing
-value). Group options are checked against their `_target_`'s signature: a key it does not
+value). Group options are checked against their `_target_`'s signature, as the table of
+dlrun.config.signatures records it (no import of the target, nor of torch): a key it does not
 accept, a required argument left out, a scalar of the wrong type (a number where the signature
 says float or int, also inside a union such as torch's `float | Tensor`). No number anywhere in
 the config may be infinite or NaN. Then each section's ranges and choices.

@@ -21,6 +21,7 @@ import re
 import sys
 import types
 import typing
+from importlib import metadata
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -28,8 +29,7 @@ from typing import Any, Callable, Iterator, Optional
 from omegaconf import OmegaConf
 
 TABLE = Path(__file__).with_name("signatures.json")
-# The groups whose options are built from a `_target_` (their keys are that target's arguments).
-TARGET_GROUPS = ("model", "dataset", "optimizer", "scheduler")
+TORCH_VERSION_KEY = "_torch_version"  # not a target: the torch the `torch.*` entries were read from
 # Annotations the checks hold a value to: the Python types a YAML scalar may have for each.
 PLAIN_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
@@ -70,16 +70,34 @@ def signature_of(target: str) -> dict[str, Any]:
 
     Raises ImportError (or AttributeError) when `target` cannot be imported."""
     known = table().get(target)
-    if known is not None:
+    if known is not None and not (target.startswith("torch.") and torch_version() != table_torch_version()):
         return known
-    from hydra.utils import get_object
+    from hydra.utils import get_object  # a user's own target, or torch's when another torch is installed
 
     return describe(get_object(target))
 
 
-@functools.lru_cache(maxsize=1)
 def table() -> dict[str, dict[str, Any]]:
     """The stored table (empty if the file is missing: every target is then imported to be described)."""
+    return {target: entry for target, entry in _stored().items() if target != TORCH_VERSION_KEY}
+
+
+def table_torch_version() -> Optional[str]:
+    """The torch version the table's `torch.*` signatures were read from: with another, they are read live."""
+    return _stored().get(TORCH_VERSION_KEY)
+
+
+@functools.lru_cache(maxsize=1)
+def torch_version() -> Optional[str]:
+    """The installed torch's version, from its package metadata (torch itself is not imported)."""
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _stored() -> dict[str, Any]:
     try:
         return json.loads(TABLE.read_text())
     except FileNotFoundError:
@@ -110,9 +128,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     built = build_table()
     if arguments.write:
         TABLE.write_text(_as_json(built))
-        print(f"wrote {len(built)} signatures to {TABLE}")
+        print(f"wrote {len(built)} signatures (torch {torch_version()}) to {TABLE}")
         return 0
     stale = sorted(target for target in set(built) | set(table()) if built.get(target) != table().get(target))
+    if table_torch_version() != torch_version():
+        stale.append(f"torch {table_torch_version()} (installed: {torch_version()})")
     print(f"{TABLE.name}: " + (f"out of date for {', '.join(stale)}; run with --write" if stale else "up to date"))
     return 1 if stale else 0
 
@@ -125,7 +145,7 @@ def _as_json(built: dict[str, dict[str, Any]]) -> str:
         lines = [f'  "{name}": {json.dumps(facts, sort_keys=True)}' for name, facts in entry["parameters"].items()]
         head = json.dumps({key: value for key, value in entry.items() if key != "parameters"}, sort_keys=True)[1:-1]
         blocks.append(f' "{target}": {{{head}, "parameters": {{\n' + ",\n".join(lines) + "}}")
-    return "{\n" + ",\n".join(blocks) + "\n}\n"
+    return f'{{\n "{TORCH_VERSION_KEY}": {json.dumps(torch_version())},\n' + ",\n".join(blocks) + "\n}\n"
 
 
 def _yaml_files(folder: Any) -> Iterator[Any]:
