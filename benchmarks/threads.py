@@ -67,7 +67,8 @@ def _under_load(load: int, settings: list[str], args: argparse.Namespace) -> dic
         measured: dict[str, dict] = {}
         for setting in [*settings, *reversed(settings)]:
             result = _run_worker(setting, args)
-            best = measured.setdefault(setting, result)
+            best = measured.setdefault(setting, {**result, "chosen": []})
+            best["chosen"].append(result["threads"])  # auto may choose differently in its two processes
             for workload, rate in result["rates"].items():
                 best["rates"][workload] = max(best["rates"][workload], rate)
             print(f"load {load}, threads {setting}: {result['threads']} thread(s) {result['why']} "
@@ -162,7 +163,8 @@ def _print_table(results: dict[int, dict[str, dict]], fixed: list[str], workload
             best_fixed = max(rates[count] for count in fixed)
             worst = min(worst, rates["auto"] / best_fixed)
             cells = " | ".join(f"{rates[s]:,.0f} ({rates[s] / best_fixed:.2f}×)" for s in settings)
-            print(f"| {load} | {workload} | {cells} | {measured['auto']['threads']} |")
+            chosen = ", ".join(str(threads) for threads in measured["auto"]["chosen"])
+            print(f"| {load} | {workload} | {cells} | {chosen} |")
     print(f"\n(ratios: to the best fixed thread count under the same load) "
           f"auto against the best fixed choice, worst case: {worst:.2f}× (target >= 0.8×)")
 

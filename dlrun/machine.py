@@ -113,9 +113,9 @@ def _cpu_ticks(cpus: list[int]) -> Optional[tuple[int, int]]:
     wanted = {f"cpu{cpu}" for cpu in cpus}
     busy = total = 0
     for line in lines:
-        name, *fields = line.split()
-        if name in wanted:
-            user, nice, system, idle, iowait, irq, softirq, steal = (int(value) for value in fields[:8])
+        fields = line.split()
+        if fields and fields[0] in wanted:
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(value) for value in fields[1:9])
             busy += user + nice + system + irq + softirq + steal  # steal: a hypervisor gave the core elsewhere
             total += user + nice + system + idle + iowait + irq + softirq + steal
     return (busy, total) if total else None

@@ -20,9 +20,11 @@ from dlrun.errors import ConfigError, DlrunError, find_cause
 
 def describe_command_error(error: BaseException, overrides: list[str]) -> str:
     """`describe_error(error)`, but with the chosen option's keys for an unknown key of a group option."""
+    if find_cause(error, DlrunError) is not None:  # dlrun's own line says it all
+        return describe_error(error)
     omegaconf_error = find_cause(error, OmegaConfBaseException)
     key = str(getattr(omegaconf_error, "full_key", None) or "")
-    if find_cause(error, DlrunError) is None and key.partition(".")[0] in META_KEYS:
+    if key.partition(".")[0] in META_KEYS:
         return keys_of_chosen_option(key, overrides) or describe_error(error)
     return describe_error(error)
 
