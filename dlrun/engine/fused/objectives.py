@@ -1,0 +1,87 @@
+"""Each member's loss and batch statistics from the stacked outputs, and its L1 penalty.
+
+`MemberObjective` computes, for the `[N, B, ...]` outputs of a stacked model, what each member's
+own task (dlrun.tasks) computes for its outputs alone: the loss `[N]` (each member's mean over its
+batch, with its own label smoothing) and the batch statistics `[N, k]` that the epoch sums on the
+device. The members' `Task` objects turn the summed statistics into metrics, as in a solo run.
+Classification and regression are fused; other tasks run job by job.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from dlrun.engine.fused.layers import Unfusable
+from dlrun.engine.fused.stacking import StackedModel
+from dlrun.tasks import Classification, Regression, Task
+from dlrun.tasks.base import as_float32
+
+
+class MemberObjective:
+    """The members' tasks (one kind, one per member) applied to stacked outputs."""
+
+    def __init__(self, tasks: list[Task]) -> None:
+        kinds = {type(task) for task in tasks}
+        if len(kinds) != 1 or next(iter(kinds)) not in (Classification, Regression):
+            raise Unfusable(f"the task {next(iter(kinds)).__name__} is not fused (classification and regression are)")
+        self.tasks = tasks
+        self.members = len(tasks)
+        self.classification = isinstance(tasks[0], Classification)
+        smoothing = [getattr(task, "label_smoothing", 0.0) for task in tasks]
+        self.smoothing_values = sorted(set(smoothing))
+        self.smoothing = torch.tensor(smoothing)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each member's mean loss over its batch, `[N]` (`targets`: `[N, B, ...]`)."""
+        if not self.classification:
+            errors = F.mse_loss(outputs, targets.reshape(outputs.shape), reduction="none")
+            return errors.reshape(self.members, -1).mean(dim=1)
+        logits, labels = outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1)
+        losses = None
+        for value in self.smoothing_values:  # usually one value for the whole group
+            per_example = F.cross_entropy(logits, labels, label_smoothing=value, reduction="none")
+            member_losses = per_example.view(self.members, -1).mean(dim=1)
+            if losses is None:
+                losses = member_losses
+            else:
+                chosen = (self.smoothing == value).to(member_losses.device)
+                losses = torch.where(chosen, member_losses, losses)
+        return losses
+
+    def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """What each member's task sums per batch, `[N, k]` (dlrun.tasks: loss x examples, then its counts)."""
+        examples = targets.shape[1]
+        count = torch.full((self.members,), float(examples), device=outputs.device)
+        if self.classification:
+            correct = (outputs.argmax(dim=-1) == targets).sum(dim=1, dtype=torch.float32)
+            return torch.stack([as_float32(losses) * examples, correct, count], dim=1)
+        log_errors = torch.zeros(self.members, device=outputs.device)
+        if self.tasks[0].log_target:
+            predictions = outputs.float().reshape(targets.shape).clamp(min=1)
+            log_errors = (predictions.log() - targets.float().log()).square().reshape(self.members, -1).sum(dim=1)
+        return torch.stack([as_float32(losses) * examples, log_errors, count], dim=1)
+
+    def metrics(self, sums: list[list[float]]) -> list[dict[str, float]]:
+        """Each member's metrics from its summed statistics, by its own task."""
+        return [task.metrics(row) for task, row in zip(self.tasks, sums)]
+
+
+class MemberPenalty:
+    """Each member's L1 term λᵢ·Σ|w| over the parameters weight decay acts on, `[N]` (dlrun.engine.optim)."""
+
+    def __init__(self, stacked: StackedModel, strengths: list[float], decay_bias_and_norm: bool) -> None:
+        # A stacked tensor is [N, *shape]: a member's parameter of dim > 1 is a weight matrix or kernel.
+        self.parameters = [p for p in stacked.parameters() if decay_bias_and_norm or p.dim() > 2]
+        self.strengths = torch.tensor(strengths, device=self.parameters[0].device if self.parameters else None)
+
+    def __call__(self) -> torch.Tensor:
+        sums = torch.stack([p.abs().flatten(1).sum(dim=1) for p in self.parameters]).sum(dim=0)
+        return self.strengths * sums
+
+
+def member_penalty(stacked: StackedModel, strengths: list[float], decay_bias_and_norm: bool) -> Optional[MemberPenalty]:
+    """None when no member has an L1 term."""
+    return MemberPenalty(stacked, strengths, decay_bias_and_norm) if any(strengths) else None
