@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 from dlrun.engine.device import wants_channels_last
 from dlrun.engine.fused.batches import MemberSplits
@@ -30,6 +30,7 @@ from dlrun.run import checkpoint
 from dlrun.run.fused_members import FAILED, STOPPED, Member
 from dlrun.run.fused_saving import GroupSaves, diverge
 from dlrun.run.resume import continue_command
+from dlrun.run.run_dir import environment
 from dlrun.run.run_summary import run_summary
 from dlrun.run.save_points import SaveSchedule
 from dlrun.run.stop_signals import StopSignals
@@ -41,6 +42,22 @@ def run_together(members: Sequence[Member], stop: StopSignals) -> None:
     """Fit and test `members` (all at the same point) as one stacked model; every member ends recorded."""
     for slot, member in enumerate(members):
         member.slot = slot
+    try:
+        trainer, splits, saves = assemble(members, stop)
+        fit(trainer, splits, members, saves)
+        test(trainer, splits, members, saves)
+    except BaseException as error:
+        for member in members:
+            if member.running:
+                member.end(FAILED, error)  # status.json: interrupted, diverged or failed, as the error says
+        if isinstance(error, KeyboardInterrupt):  # a stop signal: the sweep stops here
+            log.info("continue with: %s", continue_command(members[0].run_dir))
+            raise
+        log.error("fused group failed: %s: %s", type(error).__name__, error, exc_info=error, extra={"console": False})
+
+
+def assemble(members: Sequence[Member], stop: StopSignals) -> tuple[FusedTrainer, dict[str, MemberSplits], GroupSaves]:
+    """The stacked model (the members' parameters become views of it), the fused trainer, the members' data and saves."""
     stacked = stack(members)
     stacked.bind_members()
     first = members[0].training
@@ -60,17 +77,7 @@ def run_together(members: Sequence[Member], stop: StopSignals) -> None:
         member.started = started
     log.info("fused: %d jobs as one stacked %s on %s (%s)", len(members), type(first.model).__name__, first.device,
              "one shared batch per step" if splits["train"].one_copy else "each seed its own data")
-    try:
-        fit(trainer, splits, members, saves)
-        test(trainer, splits, members, saves)
-    except BaseException as error:
-        for member in members:
-            if member.running:
-                member.end(FAILED, error)  # status.json: interrupted, diverged or failed, as the error says
-        if isinstance(error, KeyboardInterrupt):  # a stop signal: the sweep stops here
-            log.info("continue with: %s", continue_command(members[0].run_dir))
-            raise
-        log.error("fused group failed: %s: %s", type(error).__name__, error, exc_info=error, extra={"console": False})
+    return trainer, splits, saves
 
 
 def stack(members: Sequence[Member]) -> StackedModel:
@@ -114,12 +121,12 @@ def fit(trainer: FusedTrainer, splits: dict[str, MemberSplits], members: Sequenc
                                 on_batch=saves.during_validation) if validating else [{}] * len(members))
         improved = {m.slot: record_epoch(m, epoch, sums[m.slot], val[m.slot], seconds, position.global_step)
                     for m in members if m.trains}
-        saves.end_of_epoch(epoch, improved)
         for member in members:
             if member.trains and member.progress.stopped_early is not None:
-                member.outcome = STOPPED
+                member.outcome = STOPPED  # saved below with the others that trained this epoch, then tested
         trainer.set_active([m.trains for m in members])
         log.info(group_line(epoch, epochs, members, seconds))
+        saves.end_of_epoch(epoch, improved)  # last.pt (and best.pt); a pending stop signal stops here
         global_step, position = position.global_step, None
 
 
@@ -158,12 +165,14 @@ def test(trainer: FusedTrainer, splits: dict[str, MemberSplits], members: Sequen
     metrics = evaluate_members(trainer.stacked, splits["test"], trainer.objective, trainer.precision,
                                on_batch=saves.during_test)
     ended = time.perf_counter()  # every member trained and was tested for the same time: the group's
+    shared = environment()
     for member in testing:
         finish(member, {f"test/{name}": value for name, value in metrics[member.slot].items()},
-               member.progress.elapsed_s + ended - member.started, len(members))
+               member.progress.elapsed_s + ended - member.started, len(members), shared)
 
 
-def finish(member: Member, test_metrics: dict[str, float], duration: float, group_size: int) -> None:
+def finish(member: Member, test_metrics: dict[str, float], duration: float, group_size: int,
+           run_environment: dict[str, Any]) -> None:
     """The member's results: the task's own final evaluation, the HPARAMS record, summary.json, curves.png."""
     training, progress = member.training, member.progress
     test_metrics.update(training.trainer.task.after_test(training.model, member.run_dir))
@@ -173,7 +182,8 @@ def finish(member: Member, test_metrics: dict[str, float], duration: float, grou
     member.metrics_log.write(progress.epoch, results)
     with member.job.current():  # HPARAMS: this job's group choices and overrides
         hparams.write_hparams(member.metrics_log.writer, hparams.run_hparams(member.cfg), results)
-    summary = run_summary(member.cfg, training, progress, test_metrics, results["run/duration_s"], member.model_summary)
+    summary = run_summary(member.cfg, training, progress, test_metrics, results["run/duration_s"], member.model_summary,
+                          run_environment)
     summary["fused"] = {"group_size": group_size}  # trained as one of this many members of a stacked model
     member.complete(summary)
     member.say("run directory: %s", member.run_dir)

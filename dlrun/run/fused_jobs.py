@@ -39,8 +39,10 @@ class MemberJob:
     overrides: list[str]
     config: DictConfig  # as Hydra's run_job holds it: the job's config with its `hydra` node
     task_cfg: DictConfig  # what the task function gets: the config without `hydra`
-    hydra_cfg: DictConfig  # `{"hydra": ...}` as HydraConfig holds it: .hydra/hydra.yaml
+    hydra_cfg: DictConfig  # `{"hydra": ...}` as HydraConfig holds it (a copy): .hydra/hydra.yaml
+    hydra_view: DictConfig  # what HydraConfig holds while this job is current
     run_dir: Path
+    cfg: Optional[DictConfig] = None  # the validated task config, once the launcher has validated it
 
     @classmethod
     def compose(cls, hydra_context: HydraContext, sweep_config: DictConfig, overrides: Sequence[str],
@@ -59,7 +61,8 @@ class MemberJob:
         task_cfg = copy.deepcopy(config)
         with read_write(task_cfg), open_dict(task_cfg):
             del task_cfg["hydra"]
-        return cls(number, list(overrides), config, task_cfg, copy.deepcopy(HydraConfig.instance().cfg),
+        view = HydraConfig.instance().cfg
+        return cls(number, list(overrides), config, task_cfg, copy.deepcopy(view), view,
                    Path(config.hydra.runtime.output_dir))
 
     def write_hydra_files(self) -> None:
@@ -76,7 +79,7 @@ class MemberJob:
     @contextmanager
     def current(self) -> Iterator[None]:
         """While inside, HydraConfig holds this job's config and log records go to this job's log file."""
-        HydraConfig.instance().set_config(self.config)
+        HydraConfig.instance().cfg = self.hydra_view  # what set_config(self.config) makes, made once
         token = _current_member.set(self.number)
         try:
             yield

@@ -105,5 +105,5 @@ class GroupSaves:
 
 def diverge(member: Member, error: TrainingDiverged) -> None:
     """A member whose loss became non-finite: status diverged, out of the group's training."""
-    log.warning("job %s diverged: %s", member.job.run_dir.name, error)
+    log.warning("job %d diverged: %s", member.number, error)
     member.end(DIVERGED, error)

@@ -29,7 +29,7 @@ from dlrun.models import build_model
 from dlrun.models.summary import summarize_model
 from dlrun.run.fused_groups import differing_keys, group_jobs, group_key, solo_reason
 from dlrun.run.fused_jobs import MemberJob, MemberLogs
-from dlrun.run.fused_train import run_group
+from dlrun.run.fused_train import prepare_members, train_members
 from dlrun.run.stop_signals import StopSignals
 
 log = logging.getLogger("dlrun")
@@ -68,7 +68,7 @@ class FusedSweep:
         keys, reasons = [], {}
         for job in jobs:
             try:
-                cfg = validate(job.task_cfg)
+                job.cfg = cfg = validate(job.task_cfg)
             except DlrunError:  # reported as the basic launcher reports it, by the job itself
                 keys.append(("invalid", job.number))
                 reasons[job.number] = "its config is invalid"
@@ -103,11 +103,13 @@ class FusedSweep:
                     job.write_hydra_files()
                     callbacks.on_job_start(config=job.config, task_function=self.task_function)
                 try:
-                    members = run_group(group, stop)
-                except (DlrunError, Exception) as error:  # nothing of the jobs' own is written yet
-                    unfused = f"{type(error).__name__}: {error}" if not isinstance(error, DlrunError) else str(error)
+                    members = prepare_members(group)
+                except Exception as error:  # Unfusable, or the build's own error: nothing of the jobs' is written yet
+                    unfused = str(error) if isinstance(error, DlrunError) else f"{type(error).__name__}: {error}"
                     log.info("fused launcher: %s run one by one: %s", _numbers(group), unfused.splitlines()[0])
                     members = None
+                if members is not None:
+                    train_members(members, stop)
                 returns = {}
                 for member in members or []:
                     returns[member.number] = member.job.job_return(member.best_value)
@@ -132,7 +134,7 @@ class FusedSweep:
 
 def _members_that_fit(job: MemberJob) -> int:
     """hydra.launcher.max_members' default: stacked members of this job's model that fit in half the free memory."""
-    cfg = validate(job.task_cfg)
+    cfg = job.cfg
     model = build_model(cfg.model, cfg.regularization.dropout)
     summary = summarize_model(model, torch.zeros(1, *cfg.dataset.input_shape))
     return members_that_fit(summary, cfg.trainer.batch_size, select_device(cfg.device.type))

@@ -1,6 +1,7 @@
 """A fused sweep group from its jobs to their finished run directories: build, stack, begin, resume.
 
-`run_group(jobs, stop)` is dlrun.train.run for a group of sweep jobs that share one network:
+`prepare_members(jobs)` then `train_members(members, stop)` is dlrun.train.run for a group of sweep
+jobs that share one network:
 
 1. `prepare_members`: each job's config is validated and built as a solo run builds it
    (`build_training`: its own validation split, initial weights, data order, optimizer, scheduler),
@@ -15,14 +16,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from omegaconf import OmegaConf
 
 from dlrun.config import validate
-from dlrun.data.build import Data
+from dlrun.data.build import Data, loading_once
 from dlrun.data.card import write_card
 from dlrun.data.loader import TensorLoader
 from dlrun.engine.compiling import CompileSwitch, Decision
@@ -46,34 +49,36 @@ log = logging.getLogger("dlrun")
 SPLITS = ("train", "val", "test")
 
 
-def run_group(jobs: Sequence[MemberJob], stop: StopSignals) -> list[Member]:
-    """Train `jobs` as one stacked model; return the members (each with its outcome and best value)."""
-    members = prepare_members(jobs)
+def train_members(members: Sequence[Member], stop: StopSignals) -> None:
+    """Begin every member's attempt, then train and test them together (each ends with its outcome and best value)."""
     started = [member for member in members if begin(member)]
     for point in resume_points(started):
         run_together(point, stop)
-    return members
 
 
 def prepare_members(jobs: Sequence[MemberJob]) -> list[Member]:
     """Every job's training objects, built as its solo run builds them; Unfusable when they cannot stack."""
     members: list[Member] = []
-    data_of_seed: dict[Any, Data] = {}
-    for job in jobs:
-        with job.current():
-            cfg = validate(job.task_cfg)
-            training = build_training(cfg, planned_epochs(cfg), job_num=jobs[0].number)
-        share_data(training.data, data_of_seed.setdefault(cfg.seed, training.data))
-        if isinstance(training.net, CompileSwitch):  # summary.json says why nothing was compiled
-            training.net.decision = Decision(False, "fused sweep: the group trains as one stacked model, eagerly")
-        members.append(Member(job, cfg, training, slot=len(members)))
+    data_copies: dict[str, Data] = {}
+    with loading_once():  # each distinct dataset read once; each member splits and shuffles its own way
+        for job in jobs:
+            with job.current():
+                cfg = job.cfg if job.cfg is not None else validate(job.task_cfg)
+                training = build_training(cfg, planned_epochs(cfg), job_num=jobs[0].number)
+            # The data depends on the seed and the dataset's own keys (dataset.seed may be set apart from seed).
+            data_key = json.dumps([cfg.seed, OmegaConf.to_container(cfg.dataset, resolve=True)], sort_keys=True,
+                                  default=str)
+            share_data(training.data, data_copies.setdefault(data_key, training.data))
+            if isinstance(training.net, CompileSwitch):  # summary.json says why nothing was compiled
+                training.net.decision = Decision(False, "fused sweep: the group trains as one stacked model, eagerly")
+            members.append(Member(job, cfg, training, slot=len(members)))
     MemberObjective([member.training.trainer.task for member in members])  # raises for a task it does not fuse
     stack(members).verify([member.training.model for member in members], example_batch(members[0]))
     return members
 
 
 def share_data(own: Data, shared: Data) -> None:
-    """Give a member the data copy of the first member with its seed (the same splits, drawn the same way);
+    """Give a member the data copy of the first member with its seed and dataset (the same splits, drawn alike);
     each keeps its own loaders, so each draws its batch order from its own shuffling generator."""
     for name in SPLITS:
         loader, other = getattr(own, name), getattr(shared, name)
@@ -104,7 +109,7 @@ def begin(member: Member) -> bool:
                 return False
             start(member)
     except DlrunError as error:  # its own bad input (a checkpoint that does not fit): the others go on
-        log.error("job %s: %s", job.run_dir.name, error)
+        log.error("job %d: %s", job.number, error)
         member.end(FAILED, error)
         return False
     return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
@@ -14,8 +14,10 @@ from dlrun.run.run_dir import environment
 
 
 def run_summary(cfg: DictConfig, training: Training, progress: TrainingProgress, test_metrics: dict[str, float],
-                duration: float, model_summary: ModelSummary) -> dict[str, Any]:
-    """summary.json of a completed training run (dlrun.train, and each member of a fused sweep group)."""
+                duration: float, model_summary: ModelSummary,
+                run_environment: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """summary.json of a completed training run (dlrun.train, and each member of a fused sweep group, which
+    share one `run_environment`: versions and the git commit, read once)."""
     ranks = training.trainer.ranks
     return {
         "status": "completed",
@@ -34,5 +36,5 @@ def run_summary(cfg: DictConfig, training: Training, progress: TrainingProgress,
         "model": {"params": model_summary.total_params, "flops_per_example": model_summary.flops},
         "resumed_from": progress.resumed_from,
         "compile": compile_report(training.net),  # null when device.compile=false
-        "environment": environment(),
+        "environment": run_environment if run_environment is not None else environment(),
     }

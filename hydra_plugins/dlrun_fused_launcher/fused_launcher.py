@@ -3,10 +3,9 @@ share one network as one stacked model (dlrun.run.fused_sweep).
 
 Hydra instantiates launchers only from the `hydra_plugins` namespace package, which its plugin scan
 imports at every start: this module stays light (no torch), and dlrun's machinery is imported when
-a sweep is launched.
+a sweep is launched. (No `from __future__ import annotations`: the scan runs this module before it
+is in sys.modules, where dataclasses looks string annotations up.)
 """
-
-from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional, Sequence

@@ -42,14 +42,24 @@ class MemberObjective:
         logits, labels = outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1)
         losses = None
         for value in self.smoothing_values:  # usually one value for the whole group
-            per_example = F.cross_entropy(logits, labels, label_smoothing=value, reduction="none")
-            member_losses = per_example.view(self.members, -1).mean(dim=1)
+            member_losses = self._cross_entropy(logits, labels, value)
             if losses is None:
                 losses = member_losses
             else:
                 chosen = (self.smoothing == value).to(member_losses.device)
                 losses = torch.where(chosen, member_losses, losses)
         return losses
+
+    def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+        """Each member's F.cross_entropy(reduction="mean"), in the order of operations of ATen's own, so that the
+        gradients round as a solo run's: the mean of the log-likelihood terms, and with label smoothing the mean
+        of the smoothing terms, combined as (1 - ε)·nll + smooth·(ε / classes)."""
+        if not smoothing:
+            return F.cross_entropy(logits, labels, reduction="none").view(self.members, -1).mean(dim=1)
+        log_probabilities = F.log_softmax(logits, dim=-1)
+        nll = F.nll_loss(log_probabilities, labels, reduction="none").view(self.members, -1).mean(dim=1)
+        smooth = (-log_probabilities.sum(dim=-1)).view(self.members, -1).mean(dim=1)
+        return (1 - smoothing) * nll + smooth * (smoothing / logits.shape[-1])
 
     def batch_stats(self, outputs: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         """What each member's task sums per batch, `[N, k]` (dlrun.tasks: loss x examples, then its counts)."""
