@@ -123,6 +123,32 @@ def test_dropout_draws_each_members_mask_at_its_own_rate():
     assert stack_dropout(rates, ones, training=False, all_zero=False) is ones
 
 
+class Branches(nn.Module):
+    """Two convolution branches concatenated (GoogLeNet, DenseNet), a residual sum, torch.flatten in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left, self.right = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(1, 2, 5, padding=2)
+        self.norm, self.pool, self.head = nn.BatchNorm2d(5), nn.AdaptiveAvgPool2d(2), nn.Linear(20, 4)
+
+    def forward(self, x):
+        y = torch.cat([self.left(x), self.right(x)], dim=1)
+        y = torch.relu(self.norm(y)) + y
+        return self.head(torch.flatten(self.pool(y), 1))
+
+
+def test_concatenated_branches_and_residual_sums_stack_with_each_members_own_inputs():
+    torch.manual_seed(0)
+    models = [Branches().eval() for _ in range(3)]
+    for channels_last in (False, True):
+        stacked = StackedModel.build(models, channels_last).eval()
+        stacked.verify(models, torch.randn(2, 1, 8, 8))
+        inputs = torch.randn(3, 4, 1, 8, 8)
+        outputs = stacked(Act(inputs, MEMBER, 3))
+        for index, model in enumerate(models):
+            assert torch.allclose(outputs[index], model(inputs[index]), atol=1e-5)
+
+
 class Viewing(nn.Module):
     def __init__(self) -> None:
         super().__init__()

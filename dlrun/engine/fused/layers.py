@@ -186,6 +186,22 @@ def stack_flatten(act: Act, start_dim: int = 1, end_dim: int = -1) -> Act:
     return Act(act.tensor.reshape(batch, act.members, -1).transpose(0, 1), MEMBER, act.members)
 
 
+def stack_cat(acts: list[Act], dim: int = 1) -> Act:
+    """torch.cat along the channels or features (dim 1) of each member's examples: GoogLeNet's branches,
+    DenseNet's growing feature maps. Each member's own channels stay together."""
+    if dim != 1:
+        raise Unfusable(f"torch.cat along dim {dim} (only along the channels, dim 1, is stacked)")
+    members = acts[0].members
+    if all(act.layout == SHARED for act in acts):
+        return Act(torch.cat([act.tensor for act in acts], dim=1), SHARED, members)
+    if any(act.layout == FOLDED for act in acts):
+        parts = [act.folded() for act in acts]
+        batch = parts[0].shape[0]
+        joined = torch.cat([part.view(batch, members, -1, *part.shape[2:]) for part in parts], dim=2)
+        return Act(joined.reshape(batch, -1, *joined.shape[3:]), FOLDED, members)
+    return Act(torch.cat([act.member_major() for act in acts], dim=2), MEMBER, members)
+
+
 def combine(first: Act, second: Act) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Two activations in one layout, for an elementwise operation between them (a residual sum)."""
     if first.layout == second.layout:

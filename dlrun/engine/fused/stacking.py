@@ -10,8 +10,10 @@ stacked training as their own. `verify` checks that the stacked forward gives ev
 outputs before a group is trusted to it.
 
 Layers it stacks: Linear, Conv2d (zero padding), BatchNorm1d/2d, Dropout (each member its own rate),
-Flatten, the pooling layers, elementwise activations, and residual sums; anything else raises
-`Unfusable` and the sweep runs that group job by job.
+Flatten, the pooling layers, elementwise activations, residual sums and concatenations along the
+channels: the curriculum's MLPs, LeNet, AlexNet, VGG, NiN, GoogLeNet, ResNet and DenseNet. Anything
+else (recurrent layers, attention, a forward that reshapes by hand) raises `Unfusable` and the sweep
+runs that group job by job.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlrun.engine.fused.layers import (ELEMENTWISE, POOLING, SHARED, Act, Unfusable, combine, stack_batch_norm,
-                                       stack_conv2d, stack_dropout, stack_flatten, stack_linear, stack_pooling)
+                                       stack_cat, stack_conv2d, stack_dropout, stack_flatten, stack_linear,
+                                       stack_pooling)
 
 ELEMENTWISE_FUNCTIONS = (torch.relu, torch.sigmoid, torch.tanh, F.relu, F.gelu, F.silu, F.leaky_relu, torch.sigmoid)
 ELEMENTWISE_METHODS = ("relu", "sigmoid", "tanh")
@@ -165,6 +168,8 @@ class StackedModel:
             return Act(first + second, layout, self.members)
         if node.op == "call_function" and node.target is torch.flatten:
             return stack_flatten(args[0], *args[1:], **kwargs)
+        if node.op == "call_function" and node.target is torch.cat:
+            return stack_cat(list(args[0]), *args[1:], **kwargs)
         if node.op == "call_function" and node.target in ELEMENTWISE_FUNCTIONS:
             return _elementwise(lambda x: node.target(x, *args[1:], **kwargs), args[0])
         if node.op == "call_method" and node.target == "flatten":
@@ -191,7 +196,7 @@ class StackedModel:
     @torch.no_grad()
     def verify(self, models: list[nn.Module], example: torch.Tensor, tolerance: float = 1e-4) -> None:
         """Raise Unfusable unless the stacked forward gives each member's own outputs for `example` (eval mode)."""
-        modes = [model.training for model in models]
+        modes, own_mode = [model.training for model in models], self.training
         try:
             for model in models:
                 model.eval()
@@ -207,7 +212,7 @@ class StackedModel:
             raise Unfusable(f"the stacked model fails on an example batch ({type(error).__name__}: "
                             f"{str(error).splitlines()[0]})") from None
         finally:
-            self.train()
+            self.train(own_mode)
             for model, mode in zip(models, modes):
                 model.train(mode)
 
@@ -273,7 +278,7 @@ def _check_nodes(graph: fx.Graph, model: nn.Module, leaves: dict[str, nn.Module]
             raise Unfusable(f"{type(model).__name__} has a {type(model.get_submodule(node.target)).__name__} layer "
                             f"({node.target}), which fused sweeps do not stack")
         known = (node.op in ("placeholder", "output", "call_module")
-                 or (node.op == "call_function" and (node.target in SUMS or node.target is torch.flatten
+                 or (node.op == "call_function" and (node.target in SUMS or node.target in (torch.flatten, torch.cat)
                                                      or node.target in ELEMENTWISE_FUNCTIONS))
                  or (node.op == "call_method" and node.target in (*ELEMENTWISE_METHODS, "flatten")))
         if not known:
