@@ -28,29 +28,19 @@ from dlrun.report.console import with_progress
 
 
 @dataclass
-class GroupPosition:
-    """Where every member stands inside epoch `epoch`: one `EpochPosition` per member, kept as `[N]`-wide tensors.
+class GroupPosition(EpochPosition):
+    """Where every member stands inside epoch `epoch`: an `EpochPosition` whose `order` holds each member's
+    batch order, whose `step_losses` are `[batches, N]` and `sums` `[N, k]`.
 
     `member(i)` is member i's own position, as its solo run would have it: what its mid-epoch
     checkpoint holds and what `check_finite` reads.
     """
 
-    epoch: int
-    batches: int
-    orders: list[Optional[torch.Tensor]]  # each member's batch order for the epoch
-    step_losses: torch.Tensor  # [batches, N]
-    step: int = 0
-    global_step: int = 0
-    sums: Optional[torch.Tensor] = None  # [N, k]
-    seconds: float = 0.0
-    saved_step: Optional[int] = None
-    clock_start: float = field(default_factory=time.perf_counter)
-
     @classmethod
     def start(cls, epoch: int, splits: MemberSplits, global_step: int, device: torch.device) -> "GroupPosition":
         """The start of an epoch: each member draws its order from its own loader (its shuffling generator)."""
-        return cls(epoch, len(splits), splits.epoch_orders(), torch.empty(len(splits), splits.members, device=device),
-                   global_step=global_step)
+        return cls(epoch=epoch, batches=len(splits), order=splits.epoch_orders(),
+                   step_losses=torch.empty(len(splits), splits.members, device=device), global_step=global_step)
 
     @classmethod
     def of_members(cls, positions: Sequence[Optional[EpochPosition]], device: torch.device) -> "GroupPosition":
@@ -59,31 +49,13 @@ class GroupPosition:
         first = next(p for p in positions if p is not None)
         positions = [p if p is not None else first for p in positions]
         sums = None if first.sums is None else torch.stack([p.sums.to(device) for p in positions])
-        return cls(first.epoch, first.batches, [p.order for p in positions],
-                   torch.stack([p.step_losses.to(device) for p in positions], dim=1), step=first.step,
+        return cls(epoch=first.epoch, batches=first.batches, order=[p.order for p in positions],
+                   step_losses=torch.stack([p.step_losses.to(device) for p in positions], dim=1), step=first.step,
                    global_step=first.global_step, sums=sums, seconds=first.seconds, saved_step=first.saved_step)
-
-    @property
-    def finished(self) -> bool:
-        return self.step >= self.batches
-
-    def advance(self, losses: torch.Tensor, stats: torch.Tensor) -> None:
-        self.step_losses[self.step] = losses
-        self.sums = stats if self.sums is None else self.sums + stats
-        self.step += 1
-        self.global_step += 1
-
-    def seconds_so_far(self) -> float:
-        return self.seconds + time.perf_counter() - self.clock_start
-
-    def describe(self) -> str:
-        if self.finished:
-            return f"epoch {self.epoch} (trained, not yet validated)"
-        return f"epoch {self.epoch}, step {self.step} of {self.batches}"
 
     def member(self, index: int) -> EpochPosition:
         """Member `index`'s own position (views of the group's tensors)."""
-        return EpochPosition(epoch=self.epoch, batches=self.batches, order=self.orders[index],
+        return EpochPosition(epoch=self.epoch, batches=self.batches, order=self.order[index],
                              step_losses=self.step_losses[:, index], step=self.step, global_step=self.global_step,
                              sums=None if self.sums is None else self.sums[index], seconds=self.seconds_so_far(),
                              saved_step=self.saved_step, clock_start=time.perf_counter())
@@ -121,7 +93,7 @@ def train_fused_epoch(trainer: FusedTrainer, splits: MemberSplits, position: Gro
     (one host sync, at the end). The caller checks each member's step losses for divergence."""
     stacked, objective, steps, precision = trainer.stacked, trainer.objective, trainer.steps, trainer.precision
     stacked.train()
-    batches = splits.batches(position.orders, start=position.step)
+    batches = splits.batches(position.order, start=position.step)
     description = f"epoch {position.epoch}/{trainer.epochs} ({splits.members} jobs)"
     for inputs, targets in with_progress(batches, len(splits) - position.step, description):
         if inputs.layout == SHARED:
