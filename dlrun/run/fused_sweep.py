@@ -33,6 +33,7 @@ from dlrun.run.fused_train import prepare_members, train_members
 from dlrun.run.stop_signals import StopSignals
 
 log = logging.getLogger("dlrun")
+ALONE = "no other job shares its network"  # a group of one: run as the basic launcher runs it, without a word
 
 
 class FusedSweep:
@@ -58,7 +59,7 @@ class FusedSweep:
             if reason is None:
                 returns.update(self.run_fused(group))
             else:
-                if len(group) > 1 or "alone" not in reason:
+                if reason != ALONE:
                     log.info("fused launcher: %s run one by one: %s", _numbers(group), reason)
                 returns.update(self.run_solo(group))
         return [returns[job.number] for job in jobs]
@@ -80,7 +81,7 @@ class FusedSweep:
         planned: list[tuple[list[MemberJob], Optional[str]]] = []
         for indices in group_jobs(keys):
             group = [jobs[index] for index in indices]
-            reason = reasons.get(group[0].number) or (None if len(group) > 1 else "alone: no other job shares its network")
+            reason = reasons.get(group[0].number) or (None if len(group) > 1 else ALONE)
             planned.extend((chunk, reason) for chunk in (self.chunks(group) if reason is None else [group]))
         return planned
 
@@ -97,23 +98,23 @@ class FusedSweep:
         log.info("fused launcher: %s as one stacked model (they differ in %s)", _numbers(group),
                  ", ".join(differ) or "nothing")
         callbacks = self.hydra_context.callbacks
+        returns: dict[int, JobReturn] = {}
         try:
             with MemberLogs(group), StopSignals() as stop:
-                for job in group:
-                    job.write_hydra_files()
-                    callbacks.on_job_start(config=job.config, task_function=self.task_function)
                 try:
                     members = prepare_members(group)
-                except Exception as error:  # Unfusable, or the build's own error: nothing of the jobs' is written yet
+                except Exception as error:  # Unfusable, or the build's own error: no status or checkpoint written yet
                     unfused = str(error) if isinstance(error, DlrunError) else f"{type(error).__name__}: {error}"
                     log.info("fused launcher: %s run one by one: %s", _numbers(group), unfused.splitlines()[0])
                     members = None
                 if members is not None:
+                    for job in group:  # what Hydra's run_job does before it calls the task
+                        job.write_hydra_files()
+                        callbacks.on_job_start(config=job.config, task_function=self.task_function)
                     train_members(members, stop)
-                returns = {}
-                for member in members or []:
-                    returns[member.number] = member.job.job_return(member.best_value)
-                    callbacks.on_job_end(config=member.job.config, job_return=returns[member.number])
+                    for member in members:
+                        returns[member.number] = member.job.job_return(member.best_value)
+                        callbacks.on_job_end(config=member.job.config, job_return=returns[member.number])
         finally:
             self._hydra_logging()
         return returns if members is not None else self.run_solo(group)

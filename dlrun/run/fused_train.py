@@ -108,8 +108,8 @@ def begin(member: Member) -> bool:
                 member.best_value = float("nan") if done.get("best_value") is None else float(done["best_value"])
                 return False
             start(member)
-    except DlrunError as error:  # its own bad input (a checkpoint that does not fit): the others go on
-        log.error("job %d: %s", job.number, error)
+    except Exception as error:  # its own bad input (a checkpoint that does not fit), or worse: the others go on
+        log.error("job %d: %s", job.number, error if isinstance(error, DlrunError) else f"{type(error).__name__}: {error}")
         member.end(FAILED, error)
         return False
     return True

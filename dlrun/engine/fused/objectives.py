@@ -30,9 +30,9 @@ class MemberObjective:
         self.tasks = tasks
         self.members = len(tasks)
         self.classification = isinstance(tasks[0], Classification)
-        smoothing = [getattr(task, "label_smoothing", 0.0) for task in tasks]
-        self.smoothing_values = sorted(set(smoothing))
-        self.smoothing = torch.tensor(smoothing)
+        self.smoothing = [getattr(task, "label_smoothing", 0.0) for task in tasks]
+        self.smoothing_values = sorted(set(self.smoothing))
+        self._chosen: dict[tuple[float, torch.device], torch.Tensor] = {}  # members of each smoothing value
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Each member's mean loss over its batch, `[N]` (`targets`: `[N, B, ...]`)."""
@@ -46,9 +46,15 @@ class MemberObjective:
             if losses is None:
                 losses = member_losses
             else:
-                chosen = (self.smoothing == value).to(member_losses.device)
-                losses = torch.where(chosen, member_losses, losses)
+                losses = torch.where(self._members_with(value, losses.device), member_losses, losses)
         return losses
+
+    def _members_with(self, smoothing: float, device: torch.device) -> torch.Tensor:
+        """`[N]` bool: the members whose label smoothing is `smoothing` (made once per device)."""
+        key = (smoothing, device)
+        if key not in self._chosen:
+            self._chosen[key] = torch.tensor([value == smoothing for value in self.smoothing], device=device)
+        return self._chosen[key]
 
     def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
         """Each member's F.cross_entropy(reduction="mean"), in the order of operations of ATen's own, so that the

@@ -45,7 +45,10 @@ class StackedUpdate:
         if cached is not None and cached[0] == key:
             return cached[1]
         parameter = self.parameters[index]
-        tensor = torch.tensor(key, dtype=parameter.dtype, device=parameter.device).view(-1, *[1] * (parameter.dim() - 1))
+        values = torch.tensor(key, dtype=parameter.dtype)
+        if parameter.is_cuda:  # from pinned memory, without waiting: a step-wise schedule costs no host sync
+            values = values.pin_memory().to(parameter.device, non_blocking=True)
+        tensor = values.view(-1, *[1] * (parameter.dim() - 1))
         self._cache[(index, label)] = (key, tensor)
         return tensor
 
