@@ -73,7 +73,12 @@ def stack_linear(module: nn.Linear, tensors: dict[str, torch.Tensor], act: Act) 
     if act.layout == FOLDED:
         raise Unfusable("a linear layer takes a convolution's feature maps without a Flatten before it")
     x = act.tensor
-    y = MemberLinear.apply(x.reshape(members, -1, inputs), weight, bias)
+    rows = x.reshape(members, -1, inputs)
+    if torch.is_autocast_enabled(x.device.type):  # mixed precision: autograd's own backward keeps the dtypes apart
+        y = (torch.baddbmm(bias.unsqueeze(1), rows, weight.transpose(1, 2)) if bias is not None
+             else torch.bmm(rows, weight.transpose(1, 2)))
+    else:
+        y = MemberLinear.apply(rows, weight, bias)
     return Act(y.view(*x.shape[:-1], outputs), MEMBER, members)
 
 

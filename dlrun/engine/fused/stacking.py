@@ -120,10 +120,8 @@ class StackedModel:
         for layer in self.layers.values():
             for name, tensor in layer.tensors.items():
                 for index, module in enumerate(layer.members):
-                    if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
+                    if name in module._parameters:  # the same Parameter object (its optimizer holds it), new storage
                         module._parameters[name].data = tensor.detach()[index]
-                    elif name in module._parameters:  # a frozen parameter
-                        module._parameters[name].data = tensor[index]
                     else:
                         module._buffers[name] = tensor[index]
 
