@@ -12,23 +12,36 @@ the run, or the whole sweep, after saving; the exit code is then 128 + the signa
 Under torchrun every process runs this app; the processes other than rank 0 get a throwaway
 Hydra directory (dlrun.run.processes.follower_overrides) and report only errors that are their
 own: bad input (exit code 2) is the same for all of them, and rank 0 reports it.
+
+Stop signals are held (dlrun.run.stop_signals.held) while the command imports its libraries and
+while a job starts, so a Ctrl-C there ends the command as interrupted, in one line, before
+anything is written; the libraries are imported inside `main` for that reason.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
-import hydra
-from omegaconf import DictConfig
+from dlrun.run.stop_signals import Interrupted, held
 
-from dlrun.config.messages import describe_error, exit_code
-from dlrun.errors import OutOfStep, ReportedByMain, find_cause
-from dlrun.run import leaderboard, processes
-from dlrun.run.stop_signals import Interrupted
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from dlrun.run.leaderboard import SweepSummary
 
 
 def main() -> None:
+    try:
+        with held():  # a Ctrl-C while the libraries load: "interrupted", not a traceback
+            import hydra
+
+            from dlrun.errors import OutOfStep
+            from dlrun.run import leaderboard, processes
+    except Interrupted as stopped:
+        print(f"dlrun: interrupted: {stopped}", file=sys.stderr)
+        sys.exit(stopped.exit_code)
     wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv += processes.follower_overrides()
@@ -39,10 +52,11 @@ def main() -> None:
 
     def job(cfg: DictConfig) -> float:
         """Run one job; return its best validation value (what `hydra/sweeper=optuna` optimizes), NaN if it failed."""
-        from dlrun.train import run  # imported here so `--help` and shell completion stay quick
-
         try:
-            best = run(cfg)["best_value"]
+            with held():  # until the run handles stop signals itself: they stop it before it writes anything
+                from dlrun.train import run  # imported here so `--help` and shell completion stay quick
+
+                best = run(cfg)["best_value"]
         except Exception as error:  # recorded in the run's status.json by run()
             failures.append(error)
             return float("nan")
@@ -85,7 +99,7 @@ def _register_fused_launcher() -> None:
     Plugins.instance().register(FusedLauncher)
 
 
-def _exit_for_sweep(summary: leaderboard.SweepSummary) -> None:
+def _exit_for_sweep(summary: SweepSummary) -> None:
     for job in summary.failed:
         print(f"dlrun: error: job {job.name}: {job.status}: {job.error}", file=sys.stderr)
     if summary.exit_code:
@@ -93,6 +107,10 @@ def _exit_for_sweep(summary: leaderboard.SweepSummary) -> None:
 
 
 def _exit_for_failures(failures: list[BaseException]) -> None:
+    from dlrun.config.messages import describe_error, exit_code
+    from dlrun.errors import ReportedByMain, find_cause
+    from dlrun.run import processes
+
     follower = processes.environment_rank() != 0
     for error in failures:
         # Bad input (exit code 2: config, checkpoint, data) is the same for every process: rank 0 says it.

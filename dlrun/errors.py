@@ -31,6 +31,19 @@ class DataError(DlrunError):
     exit_code = 2
 
 
+class RunDirectoryError(DlrunError):
+    """A run directory cannot be used as the command asks: another process writes it, it holds
+    another run, or its records are damaged beyond rebuilding. Nothing was written into it."""
+
+    exit_code = 2
+
+
+class StorageError(DlrunError):
+    """Writing a run's files failed (disk full, read-only or failing storage); the message names the path."""
+
+    exit_code = 1
+
+
 class TrainingDiverged(DlrunError):
     """The loss became NaN or infinite; the run stopped without saving the bad state."""
 

@@ -21,7 +21,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from dlrun.atomic import write_json
+from dlrun.atomic import claim_directory, write_json
 from dlrun.data.card import write_card
 from dlrun.engine.compiling import compile_seconds
 from dlrun.engine.distributed import Ranks
@@ -58,7 +58,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """
     run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(cfg)
     with StopSignals() as stop:
-        attempt = attempts.begin(cfg, run_dir)
+        attempt = attempts.begin(cfg, run_dir, stop)
         with attempt.recording(stop):
             summary = attempt.done if attempt.done is not None else _train_attempt(attempt, stop)
         signum = attempt.ranks.agree_now(stop.signum)
@@ -77,15 +77,25 @@ def _train_attempt(attempt: Attempt, stop: StopSignals) -> dict[str, Any]:
 
 
 def _train_folds(attempt: Attempt, stop: StopSignals) -> dict[str, Any]:
-    """trainer.kfold: every fold that is not complete yet, each a training run of its own; their summary."""
+    """trainer.kfold: every fold that is not complete yet, each a training run of its own; their summary.
+    With trainer.kfold_refit, then one run on every training row for the folds' mean best epoch count."""
     started = time.perf_counter()
     cfg, writes = attempt.cfg, attempt.ranks.is_main
-    summaries = [fold.completed or train(cfg, fold.directory, fold=fold.index, resume_from=fold.checkpoint,
-                                         in_place=fold.checkpoint is not None, stop=stop, status=attempt.status,
-                                         ranks=attempt.ranks)
-                 for fold in kfold.folds(cfg.trainer.kfold, attempt.run_dir, planned_epochs(cfg),
-                                         attempt.plan.in_place, writes)]
-    return kfold.combine(summaries, attempt.run_dir, time.perf_counter() - started, writes)
+
+    def trained(fold: kfold.Fold, fold_cfg: DictConfig = cfg) -> dict[str, Any]:
+        return fold.completed or train(fold_cfg, fold.directory, fold=fold.index, resume_from=fold.checkpoint,
+                                       in_place=fold.checkpoint is not None, stop=stop, status=attempt.status,
+                                       ranks=attempt.ranks)
+
+    summaries = [trained(fold) for fold in kfold.folds(cfg.trainer.kfold, attempt.run_dir, planned_epochs(cfg),
+                                                        attempt.plan.in_place, writes)]
+    combined = kfold.combine(summaries, attempt.run_dir, time.perf_counter() - started, writes)
+    if not cfg.trainer.kfold_refit:
+        return combined
+    refit_cfg = kfold.refit_config(cfg, summaries)
+    refit = trained(kfold.refit_fold(attempt.run_dir, planned_epochs(refit_cfg), attempt.plan.in_place, writes),
+                    refit_cfg)
+    return kfold.add_refit(combined, refit, attempt.run_dir, time.perf_counter() - started, writes)
 
 
 def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_from: Optional[Path] = None,
@@ -122,7 +132,7 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
 
         save_points = SavePoints(run_dir / "checkpoints", snapshot,
                                  SaveSchedule(cfg.trainer.save_every_steps, cfg.trainer.save_every_minutes), stop,
-                                 training.shuffle_generator, where=f"fold {fold}: " if fold is not None else "",
+                                 training.shuffle_generator, where=kfold.where(fold),
                                  ranks=ranks, carried=training.trainer.task.carried_state)
         fit(training, progress, save_points, metrics_log, cfg.regularization.early_stopping)
         test_metrics = test(training, progress, save_points, run_dir)
@@ -177,8 +187,12 @@ def fit(training: Training, progress: TrainingProgress, save_points: SavePoints,
 
 
 def test(training: Training, progress: TrainingProgress, save_points: SavePoints, run_dir: Path) -> dict[str, float]:
-    """The test split's metrics with the best epoch's weights (last.pt's when no epoch improved)."""
+    """The test split's metrics with the best epoch's weights (last.pt's when no epoch improved); none
+    without a test split (dataset.test_fraction=0: every row trained)."""
     trainer, ranks = training.trainer, training.trainer.ranks
+    if len(training.data.test) == 0:
+        log.info("the test split is empty (dataset.test_fraction=0): every row trained, no test metrics")
+        return {}
     best_path = save_points.directory / checkpoint.BEST
     if best_path.exists():  # every process reads rank 0's file
         training.model.load_state_dict(checkpoint.load_checkpoint(best_path, map_location=training.device)["model"])
@@ -211,9 +225,9 @@ def _resume(training: Training, source: Path, checkpoints: Path, status: Optiona
 def _show_start(training: Training, run_dir: Path, batch_size: int) -> ModelSummary:
     """The config, the device and the model table; model_summary.txt in the run directory."""
     ranks = training.trainer.ranks
-    # An example from the test loader: it is not augmented, so no random numbers are drawn
-    # here (an exact resume depends on the RNG streams being untouched).
-    summary = summarize_model(training.model, training.data.test.example_input())
+    # An example that is not augmented, so no random numbers are drawn here (an exact
+    # resume depends on the RNG streams being untouched).
+    summary = summarize_model(training.model, training.data.example_input())
     if ranks.is_main:
         with open(run_dir / "model_summary.txt", "w") as handle:
             console.Console(width=120, file=handle).print(summary.table())
@@ -250,9 +264,10 @@ def _results_rows(history: dict[str, float], test: dict[str, float]) -> dict[str
 
 
 def _default_run_dir(cfg: DictConfig) -> Path:
+    """Hydra's directory for this job; from code, a new `<output_root>/<date>/<time>[_<n>]` made here."""
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
-    return Path(cfg.get("output_root", "outputs")) / time.strftime("%Y-%m-%d/%H-%M-%S")
+    return claim_directory(Path(cfg.get("output_root", "outputs")) / time.strftime("%Y-%m-%d/%H-%M-%S"))
 
 
 def _or_nan(value: Optional[float]) -> float:

@@ -60,7 +60,7 @@ def test_python_dash_m_and_hydra_flags(tmp_path):
                                cwd=tmp_path)
     assert help_text.returncode == 0
     assert ("model: alexnet, densenet, googlenet, gru, lenet, linear, lstm, mlp, nin, resnet, rnn, softmax, tiny_ssd, "
-            "torchvision, torchvision_detection, vgg") in help_text.stdout
+            "torchvision, torchvision_detection, transformer, vgg, vit") in help_text.stdout
     job = subprocess.run([str(DLRUN), "--cfg", "job", "model=mlp"], capture_output=True, text=True, cwd=tmp_path)
     assert job.returncode == 0
     assert "_target_: dlrun.models.mlp.MLP" in job.stdout

@@ -61,7 +61,7 @@ def train_fused(cfgs, epochs: int = EPOCHS):
         position = GroupPosition.start(epoch, splits, step, torch.device("cpu"))
         train_fused_epoch(trainer, splits, position)
         step = position.global_step
-    assert step == epochs * 21
+    assert step == epochs * len(members[0].data.train)  # 21 steps an epoch on the digits
     return members, steps, trainer
 
 
@@ -90,6 +90,27 @@ def test_members_weights_and_optimizer_states_equal_their_solo_runs(optimizer, s
             for key, expected in values.items():
                 assert torch.allclose(torch.as_tensor(fused_state[index][key]), torch.as_tensor(expected),
                                       rtol=1e-5, atol=1e-7), (index, key)
+
+
+def test_regression_members_keep_their_own_target_scale_and_equal_their_solo_runs(one_thread):
+    """Diabetes, standardised targets: seeds 0 and 1 split the rows differently, so each member's targets have
+    their own mean and spread; each member's weights and validation metrics (in the target's units) are its
+    solo run's."""
+    members = [("optimizer.lr=0.01",), ("optimizer.lr=0.03", "seed=1"), ("optimizer.lr=0.02", "seed=1")]
+    cfgs = [validate(compose_config("dataset=diabetes", "model=mlp", "model.hidden=[16]", "optimizer=sgd",
+                                    "trainer.epochs=4", "device=cpu", "device.compile=false", *own))
+            for own in members]
+    fused, _, trainer = train_fused(cfgs, epochs=4)
+    assert fused[0].trainer.task.scale.mean != fused[1].trainer.task.scale.mean
+    fused_val = evaluate_members(trainer.stacked, MemberSplits([m.data.val for m in fused]), trainer.objective,
+                                 trainer.precision)
+    for cfg, member, metrics in zip(cfgs, fused, fused_val):
+        solo = train_solo(cfg, epochs=4)
+        for name, expected in solo.model.state_dict().items():
+            assert (member.model.state_dict()[name] - expected).norm() <= 1e-5 * expected.norm(), name
+        expected = evaluate(solo.model, solo.data.val, solo.trainer.task, solo.trainer.precision)
+        assert metrics == pytest.approx(expected, rel=1e-5)
+        assert expected["rmse"] > 10  # in the target's units (disease progression, 25-346), not standardised
 
 
 def test_with_dropout_members_match_their_solo_runs_in_distribution(one_thread):
@@ -207,10 +228,10 @@ def check_groups(key, config) -> None:
     # optimizer=momentum is torch.optim.SGD too, with its own momentum: a member's number.
     for own in (("optimizer.lr=0.3",), ("optimizer=momentum",), ("regularization.weight_decay=1e-3", "seed=4"), ("regularization.dropout=0.5",),
                 ("regularization.label_smoothing=0.1", "regularization.grad_clip=1", "regularization.l1=1e-5"),
-                ("scheduler=step", "scheduler.gamma=0.1")):
+                ("scheduler=step", "scheduler.gamma=0.1"), ("model.init=xavier_normal", "model.init_param=2")):
         same = key("optimizer=sgd", "scheduler=step") if "scheduler=step" in own else base
         assert key("optimizer=sgd", *own) == same, own
-    for other in (("optimizer=adam",), ("optimizer=nesterov",), ("trainer.batch_size=32",), ("model.hidden=[64]",),
+    for other in (("optimizer=adam",), ("optimizer=nesterov",), ("trainer.batch_size=32",), ("model.hidden=[64]",), ("model.activation=elu",),
                   ("trainer.epochs=3",), ("dataset.subset=100",), ("optimizer=sgd", "+optimizer.nesterov=true",
                                                                      "+optimizer.momentum=0.9")):
         assert key("optimizer=sgd", *other) != base, other

@@ -136,8 +136,8 @@ def test_a_diverging_member_is_masked_and_a_group_that_cannot_be_fused_runs_job_
     assert "fused: 2 jobs as one stacked MLP" in result.stdout
     statuses = [read_json(d / "status.json") for d in job_dirs(sweep_dir_under(tmp_path))]
     assert [s["status"] for s in statuses] == ["completed", "completed", "diverged", "diverged"]
-    assert statuses[2]["error"].startswith("loss became non-finite in epoch 1 at step 1 (of 2); last.pt keeps "
-                                           "the previous epoch")
+    assert statuses[2]["error"].startswith("loss became non-finite in epoch 1 at step 1 (of 2); no checkpoint "
+                                           "was written before it")
     assert statuses[2]["exit_code"] == 3
     fused_summary = read_json(job_dirs(sweep_dir_under(tmp_path))[0] / "summary.json")
     assert fused_summary["fused"] == {"group_size": 2} and fused_summary["epochs_completed"] == 1

@@ -12,7 +12,7 @@ from conftest import compose_config
 from dlrun.config import validate
 from dlrun.errors import ConfigError
 from dlrun.models import build_model
-from dlrun.models.init import INIT_SCHEMES
+from dlrun.models.init import ALIASES, INIT_SCHEMES
 from dlrun.models.summary import summarize_model
 
 # Models made for one task (`for_task: detection` in their YAML) have their own tests (test_detection_models.py).
@@ -37,7 +37,7 @@ def test_model_forward_backward(name):
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), parameter_name
 
     summary = summarize_model(model, inputs[:1])
-    assert summary.total_params == sum(p.numel() for p in model.parameters())
+    assert summary.total_params == sum(p.numel() for p in model.parameters()) == sum(r.params for r in summary.rows)
     assert summary.rows[-1].output_shape == (cfg.dataset.num_outputs,)
     assert summary.flops > 0
     if cfg.model.input_size is not None:
@@ -108,13 +108,13 @@ def test_dropout_reaches_the_sites_and_missing_sites_are_logged(caplog):
     assert "ResNet has no dropout sites: regularization.dropout=0.5 is not used" in caplog.text
 
 
-@pytest.mark.parametrize("scheme", [scheme for scheme in INIT_SCHEMES if scheme != "default"])
-def test_init_schemes_reset_weights_and_zero_biases(scheme):
+@pytest.mark.parametrize("scheme", [scheme for scheme in [*INIT_SCHEMES, *ALIASES] if scheme != "default"])
+def test_init_schemes_reset_recurrent_weights_and_zero_biases(scheme):
     cfg = validate(compose_config("model=gru", "model.hidden_size=8", f"model.init={scheme}"))
     model = build_model(cfg.model)
     assert all((p == 0).all() for n, p in model.named_parameters() if "bias" in n)
     expected_std = {"normal": 0.01, "standard_normal": 1.0}.get(scheme)
     if expected_std is not None:
         assert model.rnn.weight_hh_l0.std().item() == pytest.approx(expected_std, rel=0.2)
-    with pytest.raises(ConfigError, match="model.init='he' is not one of: default, xavier, kaiming, normal, standard_normal"):
+    with pytest.raises(ConfigError, match="model.init='he' is not one of: default, constant, normal, uniform"):
         build_model(validate(compose_config("model=mlp", "model.init=he")).model)

@@ -106,8 +106,8 @@ def test_csv_rows_get_the_training_preprocessing_and_a_submission_file(house_run
     # Exactly what the model gives for the training rows as training encoded them.
     trained = load_run(run_dir)
     features = torch.from_numpy(encode_csv(str(train_csv), "SalePrice", "regression", ("Id",)).features)
-    with torch.no_grad():
-        expected = trained.model(features).reshape(-1).tolist()
+    with torch.no_grad():  # in the target's units: the model learnt standardised prices
+        expected = trained.card.scale().to_units(trained.model(features)).reshape(-1).tolist()
     assert [float(row["SalePrice"]) for row in rows] == pytest.approx(expected, rel=1e-6)
 
     # An unseen category goes to the <missing> bucket: the same prediction as a missing value.
@@ -119,9 +119,10 @@ def test_csv_rows_get_the_training_preprocessing_and_a_submission_file(house_run
     predict([str(run_dir), str(tmp_path / "unseen.csv"), "--out", str(tmp_path / "unseen_out.csv")])
     predict([str(run_dir), str(tmp_path / "missing.csv"), "--out", str(tmp_path / "missing_out.csv")])
     unseen, missing = read_rows(tmp_path / "unseen_out.csv"), read_rows(tmp_path / "missing_out.csv")
-    assert list(unseen[0]) == ["row", "prediction"] and [row["row"] for row in unseen] == [str(n) for n in range(1, 41)]
+    # Written under the training target's name by default.
+    assert list(unseen[0]) == ["row", "SalePrice"] and [row["row"] for row in unseen] == [str(n) for n in range(1, 41)]
     assert unseen == missing
-    assert [row["prediction"] for row in unseen] != [row["SalePrice"] for row in rows]  # Street counts
+    assert [row["SalePrice"] for row in unseen] != [row["SalePrice"] for row in rows]  # Street counts
 
 
 def test_a_missing_column_is_one_line_naming_it(house_run, tmp_path):
@@ -145,7 +146,8 @@ def test_eval_reads_another_labelled_csv_through_the_runs_encoder(house_run, tmp
                                     "dataset.target=SalePrice", "dataset.log_target=true"])
     table = encode_csv(str(train_csv), "SalePrice", "regression", ("Id",))
     with torch.no_grad():
-        outputs = load_run(run_dir).model(torch.from_numpy(table.features)).reshape(-1).double()
+        trained = load_run(run_dir)
+        outputs = trained.card.scale().to_units(trained.model(torch.from_numpy(table.features))).reshape(-1).double()
     expected = (outputs - torch.from_numpy(table.targets).double()).square().mean().sqrt()
     assert result["split"] == "all" and result["examples"] == 40
     assert result["metrics"]["all/rmse"] == pytest.approx(float(expected), rel=1e-5)

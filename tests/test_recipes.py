@@ -44,7 +44,7 @@ def test_fashion_mnist_recipes_follow_the_published_table():
     table = {"softmax": (256, 0.1, 28), "mlp": (256, 0.1, 28), "mlp_dropout": (256, 0.5, 28),
              "lenet": (256, 0.9, 28), "lenet_bn": (256, 1.0, 28), "alexnet": (128, 0.01, 224),
              "vgg": (128, 0.05, 224), "nin": (128, 0.1, 224), "googlenet": (128, 0.1, 96),
-             "resnet": (256, 0.05, 96), "densenet": (256, 0.1, 96)}
+             "resnet": (256, 0.05, 96), "densenet": (256, 0.1, 96), "vit": (128, 0.1, 96)}
     for name, (batch, lr, size) in table.items():
         raw = OmegaConf.load(CONF / "experiment" / "d2l" / f"{name}.yaml")
         assert (raw.trainer.batch_size, raw.optimizer.lr, raw.dataset.resize, raw.trainer.epochs) == (batch, lr, size, 10)

@@ -23,7 +23,7 @@ from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
 from dlrun.engine.precision import Precision
 import dlrun.engine.setup
-from dlrun.errors import CheckpointError, ConfigError
+from dlrun.errors import CheckpointError, ConfigError, RunDirectoryError
 from dlrun.run import checkpoint
 from dlrun.run.leaderboard import read_sweep
 from dlrun.run.save_points import SaveSchedule
@@ -185,7 +185,7 @@ def test_a_live_run_is_not_continued_twice(cfg_for, tmp_path):
     status = read_json(tmp_path / "outputs" / "a" / "status.json")
     write_json(tmp_path / "outputs" / "a" / "status.json", {**status, "status": "running", "pid": os.getpid(),
                                                              "pid_started": None})
-    with pytest.raises(CheckpointError, match="is still running"):
+    with pytest.raises(RunDirectoryError, match="is still running"):
         run(cfg_for("debug=smoke", "trainer.resume=auto"), run_dir=tmp_path / "outputs" / "b")
 
 

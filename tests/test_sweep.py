@@ -149,7 +149,7 @@ def test_failed_job_does_not_stop_the_sweep_and_resume_runs_only_unfinished_jobs
     assert [cpu_threads_in_log(d) for d in (diverged, completed)] == [max(1, CORES // 2)] * 2
     assert first.stderr.splitlines() == [
         f"dlrun: error: job {diverged.name}: diverged: loss became non-finite in epoch 1 at step 0 (of 2); "
-        "last.pt keeps the previous epoch. Try a lower optimizer.lr or regularization.grad_clip"]
+        "no checkpoint was written before it. Try a lower optimizer.lr or regularization.grad_clip"]
     summary = read_json(sweep_dir / "summary.json")
     assert [(job["name"], job["status"]) for job in summary["jobs"]] == [
         (completed.name, "completed"), (diverged.name, "diverged")]

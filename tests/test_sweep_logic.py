@@ -101,3 +101,21 @@ def test_seeds_are_grouped_into_mean_and_std_and_failures_set_the_exit_code(tmp_
     assert plain.best_mean == pytest.approx(0.85) and plain.best_std == pytest.approx(0.0707107, rel=1e-5)
     assert (dropout.jobs, dropout.completed) == ([2, 3, 4], 2)
     assert dropout.test_mean == pytest.approx(0.85) and dropout.test_std == pytest.approx(0.0707107, rel=1e-5)
+
+
+def test_a_job_without_a_test_split_says_so_in_the_leaderboard(tmp_path):
+    from rich.console import Console
+
+    from dlrun.run.leaderboard import show
+
+    fake_job(tmp_path, 0, ["lr=1"], "completed", 0.8, 0.7)
+    fake_job(tmp_path, 1, ["lr=2"], "completed", 0.9)
+    summary = tmp_path / "1_lr=2" / "summary.json"
+    write_json(summary, {**OmegaConf.to_container(OmegaConf.load(summary)), "test": {}})  # dataset.test_fraction=0
+    jobs = {job.job: job for job in read_sweep(tmp_path).jobs}
+    assert (jobs[0].test_metric, jobs[0].test_value) == ("test/acc", 0.7)
+    assert (jobs[1].test_metric, jobs[1].test_value) == (None, None)
+    console = Console(width=200, record=True)
+    show(read_sweep(tmp_path), console)
+    table = console.export_text()
+    assert "no test split" in table and "0.7000" in table

@@ -2,13 +2,16 @@
 
 Fixed sections are typed by the schema's dataclasses (a typo'd key, a wrong type, a missing
 value). Group options are checked against their `_target_`'s signature: a key it does not
-accept, a required argument left out, a scalar of the wrong type. Then each section's ranges
-and choices.
+accept, a required argument left out, a scalar of the wrong type (a number where the signature
+says float or int, also inside a union such as torch's `float | Tensor`). No number anywhere in
+the config may be infinite or NaN. Then each section's ranges and choices.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
+import re
 import types
 import typing
 from typing import Any, Optional
@@ -37,8 +40,21 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(describe_omegaconf_error(error)) from None
     for group in META_KEYS:
         _check_group(group, resolved[group])
+    _check_finite(resolved)
     _check_ranges(resolved)
     return typed
+
+
+def _check_finite(tree: Any, key: str = "") -> None:
+    """No infinite or NaN number anywhere: `optimizer.lr=inf` would only show up as a diverged loss."""
+    if isinstance(tree, dict):
+        for name, value in tree.items():
+            _check_finite(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(tree, (list, tuple)):
+        for index, value in enumerate(tree):
+            _check_finite(value, f"{key}[{index}]")
+    elif isinstance(tree, float) and not math.isfinite(tree):
+        raise ConfigError(f"{key}={tree} is not a finite number")
 
 
 def _check_group(group: str, options: dict[str, Any]) -> None:
@@ -81,7 +97,13 @@ def _check_type(key: str, value: Any, annotation: Any, default: Any = inspect.Pa
             example = (f", e.g. {key}=[{','.join(str(item) for item in default)}]"
                        if isinstance(default, tuple) and len(default) == length else "")
             raise ConfigError(f"wrong value for '{key}': expected a list of {length} values{example}; got {value!r}")
+        element = _tuple_element(annotation)
+        for index, item in enumerate(value):
+            if element is not None and _numeric(element) and not _is_number(item):
+                raise ConfigError(f"wrong type for '{key}[{index}]': expected a number, got {item!r}")
         return
+    if value is not None and _numeric(annotation) and not _is_number(value):
+        raise ConfigError(f"wrong type for '{key}': expected a number, got {value!r}")
     accepted = _PLAIN_TYPES.get(annotation)
     if accepted is None or value is None:
         return
@@ -90,6 +112,38 @@ def _check_type(key: str, value: Any, annotation: Any, default: Any = inspect.Pa
     if not isinstance(value, accepted):
         expected = annotation if isinstance(annotation, str) else annotation.__name__
         raise ConfigError(f"wrong type for '{key}': expected {expected}, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether the annotation asks for a number: float or int, alone or in a union with non-text types
+    (`float | Tensor`, `Optional[int]`); also written as a string (`from __future__ import annotations`)."""
+    if isinstance(annotation, str):
+        text = re.sub(r"^Optional\[(.*)\]$", r"\1", annotation.replace(" ", ""))
+        parts = set(text.split("|"))
+        return bool(parts & {"float", "int"}) and parts <= {"float", "int", "None", "Tensor", "torch.Tensor"}
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [member for member in typing.get_args(annotation) if member is not type(None)]
+        return any(member in (int, float) for member in members) and not any(
+            member in (str, bool, typing.Any, object) or typing.get_origin(member) in (tuple, list, dict)
+            for member in members)
+    return False
+
+
+def _tuple_element(annotation: Any) -> Any:
+    """The type of every element of `tuple[X, X, ...]` when they all share one (None otherwise)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        elements = {_tuple_element(member) for member in typing.get_args(annotation)} - {None}
+        return elements.pop() if len(elements) == 1 else None
+    arguments = typing.get_args(annotation)
+    if typing.get_origin(annotation) is tuple and arguments and len(set(arguments) - {Ellipsis}) == 1:
+        return arguments[0]
+    return None
 
 
 def _tuple_length(annotation: Any) -> Optional[int]:
@@ -146,6 +200,8 @@ def _check_ranges(c: dict[str, Any]) -> None:
     """Values in range and choices among the valid ones, section by section."""
     lr = c["optimizer"].get("lr")
     if lr is not None:
+        if not _is_number(lr):  # a target taking **kwargs: its signature said nothing about lr
+            raise ConfigError(f"wrong type for 'optimizer.lr': expected a number, got {lr!r}")
         _require(lr > 0, "optimizer.lr", lr, "must be > 0")
     _check_regularization(c["regularization"], c["dataset"].get("task"))
     _check_scheduler(c["scheduler"])
@@ -188,6 +244,8 @@ def _check_trainer(trainer: dict[str, Any], debug: dict[str, Any]) -> None:
     _require(trainer["batch_size"] >= 1, "trainer.batch_size", trainer["batch_size"], "must be >= 1")
     kfold = trainer["kfold"]
     _require(kfold is None or kfold >= 2, "trainer.kfold", kfold, "must be >= 2 or null")
+    if trainer["kfold_refit"] and kfold is None:
+        raise ConfigError("trainer.kfold_refit=true refits after K-fold cross-validation: set trainer.kfold=K too")
     every = trainer["save_every_steps"]
     _require(every is None or every >= 1, "trainer.save_every_steps", every, "must be >= 1 or null (off)")
     minutes = trainer["save_every_minutes"]

@@ -12,7 +12,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from dlrun.atomic import claim_directory
 from dlrun.errors import ConfigError
+
+# The directories this process claimed, by the path asked for: Hydra resolves `hydra.run.dir`
+# more than once (and a sweep's job processes get the cached value, as for `${now:...}`).
+_claimed: dict[str, str] = {}
 
 
 def image_shape(channels: int, stored_size: int, resize: int | None) -> list[int]:
@@ -26,10 +31,21 @@ def suffix(name: str | None) -> str:
     return f"_{safe_name(name)}" if name else ""
 
 
-def sweep_dir(resume: str | None, new_dir: str) -> str:
-    """The multirun directory: `sweep.resume` when set (it must be an earlier sweep's), else `new_dir`."""
+def new_dir(path: str) -> str:
+    """A new directory at `path`, or `path_2`, `path_3`, ... when that exists: created here, atomically.
+
+    Two runs started in the same second, on one host or several sharing the file system, get
+    two directories: `outputs/<date>/<time>[_<name>]` and `outputs/<date>/<time>[_<name>]_2`.
+    """
+    if path not in _claimed:
+        _claimed[path] = str(claim_directory(Path(path)))
+    return _claimed[path]
+
+
+def sweep_dir(resume: str | None, new_sweep: str) -> str:
+    """The multirun directory: `sweep.resume` when set (it must be an earlier sweep's), else a new one (`new_dir`)."""
     if resume in (None, ""):
-        return new_dir
+        return new_dir(new_sweep)
     if not (Path(resume) / "multirun.yaml").is_file():
         raise ConfigError(f"sweep.resume={resume} is not a sweep directory (no multirun.yaml in it)")
     return str(resume)
@@ -54,5 +70,7 @@ def safe_name(text: str | None) -> str:
 
 OmegaConf.register_new_resolver("dlrun.image_shape", image_shape, replace=True)
 OmegaConf.register_new_resolver("dlrun.suffix", suffix, replace=True)
-OmegaConf.register_new_resolver("dlrun.sweep_dir", sweep_dir, replace=True)
+# Cached (as Hydra caches `now`): the cache travels with the config into a sweep's job processes.
+OmegaConf.register_new_resolver("dlrun.sweep_dir", sweep_dir, replace=True, use_cache=True)
+OmegaConf.register_new_resolver("dlrun.new_dir", new_dir, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("dlrun.safe_name", safe_name, replace=True)

@@ -22,6 +22,8 @@ class TrainerConfig:
     limit_batches: Optional[int] = None
     resume: Optional[str] = None  # auto | a run directory (continued in place) | a checkpoint file (a new run)
     kfold: Optional[int] = None  # K-fold cross-validation: K runs, val = one fold each
+    # After the K folds, one more run on every training row for the folds' mean best epoch count (<run>/refit).
+    kfold_refit: bool = False
     # last.pt inside epochs too: every N optimizer steps and/or every M minutes (null = off).
     save_every_steps: Optional[int] = None
     save_every_minutes: Optional[float] = 10.0
@@ -98,8 +100,12 @@ class Config:
 
 # Keys a group option may carry besides its target's arguments: dlrun reads them itself.
 META_KEYS: dict[str, set[str]] = {
-    "model": {"input_size", "init", "for_task"},  # for_task: the one task a model is made for (detection)
-    "dataset": {"task", "num_outputs", "input_shape", "resize", "val_fraction", "subset", "log_target"},
+    # for_task: the one task a model is made for (detection); init, init_param: dlrun.models.init;
+    # weights: a file of weights loaded after init
+    "model": {"input_size", "init", "init_param", "for_task", "weights"},
+    # The target's options (dlrun.tasks) sit next to dataset.task: what the loss and metrics make of the targets.
+    "dataset": {"task", "num_outputs", "input_shape", "resize", "val_fraction", "subset", "log_target",
+                "standardize_targets", "loss", "pos_weight", "threshold"},
     "optimizer": set(),
     "scheduler": {"interval", "monitor"},
 }
@@ -120,7 +126,7 @@ HOST_ALLOCATORS = ("tuned", "system")  # dlrun.engine.host_memory
 # regularization.augment: the policies of dlrun.data.augment.AUGMENTS (a test keeps the two equal).
 AUGMENT_CHOICES = ("none", "flip", "flip_crop", "flip_crop_jitter", "imagenet")
 # dataset.task: the tasks of dlrun.tasks.TASKS (a test keeps the two equal).
-TASK_KINDS = ("classification", "regression", "language_model", "detection")
+TASK_KINDS = ("classification", "binary", "multilabel", "regression", "language_model", "detection")
 # Tasks whose datasets need a model made for them (one whose YAML says `for_task: <task>`).
 DEDICATED_TASKS = ("detection",)
 SCHEDULER_INTERVALS = ("epoch", "step")  # scheduler.interval: once per epoch or once per batch

@@ -23,7 +23,9 @@ from dlrun.data.augment import AUGMENTS, build_augment
 from dlrun.data.files import FileLoader, FileSplit
 from dlrun.data.loader import BatchTransform, PairTransform, TensorLoader, compose, prepare_split, prepared_bytes
 from dlrun.data.shard import Shard
-from dlrun.data.splits import DataSplits, TensorSplit, fold_split, split_off
+from dlrun.data.splits import ALL_ROWS, DataSplits, TensorSplit, fold_split, split_off
+from dlrun.data.task_targets import fit_targets
+from dlrun.errors import DataError
 
 log = logging.getLogger("dlrun")
 Loader = Union[TensorLoader, FileLoader]
@@ -37,6 +39,18 @@ class Data:
     task: str
     extras: dict[str, Any]
     sequential: bool  # batches follow streams of one sequence (a recurrent state may carry over)
+
+    def example_input(self) -> torch.Tensor:
+        """One example as the model sees it, not augmented (no random numbers drawn): the test split's first,
+        else validation's, else training's prepared as for evaluation (dataset.test_fraction=0)."""
+        for loader in (self.test, self.val):
+            if len(loader.split):
+                return loader.example_input()
+        first = self.train.split.select(slice(0, 1))
+        if isinstance(self.train, FileLoader):
+            return FileLoader(first, 1, device=self.train.device, training=False,
+                              transform=self.val.transform).example_input()
+        return TensorLoader(first, 1, transform=self.val.transform).example_input()
 
 
 def load_splits(dataset_cfg: DictConfig) -> DataSplits:
@@ -74,7 +88,7 @@ def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.G
     of several processes), each loader yields this process's part of every global batch.
     """
     splits = load_splits(cfg.dataset)
-    parts = _parts(cfg, splits, fold)
+    parts, extras = fit_targets(cfg.dataset, _parts(cfg, splits, fold), splits.extras)
     # Every batch becomes floats at the model's size; train-only augmentation goes after that.
     prepare = compose(_to_float(parts["train"]), _resize_transform(list(cfg.dataset.input_shape), parts["train"]))
     # When the prepared (float) inputs fit device.float_cache_mb, each split is prepared once, as it
@@ -101,24 +115,50 @@ def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.G
         return TensorLoader(part, cfg.trainer.batch_size, streams=splits.sequential, **options)
 
     return Data(train=loader(parts["train"], training=True), val=loader(parts["val"], training=False),
-                test=loader(parts["test"], training=False), task=cfg.dataset.task, extras=splits.extras,
+                test=loader(parts["test"], training=False), task=cfg.dataset.task, extras=extras,
                 sequential=splits.sequential)
 
 
 def _parts(cfg: DictConfig, splits: DataSplits, fold: Optional[int]) -> dict[str, Union[TensorSplit, FileSplit]]:
-    """train, val and test: val split off train (or the K-fold's fold), each cut to the subset asked for."""
+    """train, val and test: val split off train (or the K-fold's fold), each cut to the subset asked for.
+
+    `fold` ALL_ROWS (a K-fold refit) trains on every training row, train and val pooled, with no validation.
+    """
     train, val = splits.train, splits.val
     if fold is not None:
         pooled = train if val is None else TensorSplit(torch.cat([train.inputs, val.inputs]),
                                                        torch.cat([train.targets, val.targets]))
-        train, val = fold_split(pooled, fold, cfg.trainer.kfold, seed=cfg.seed)
+        train, val = ((pooled, pooled.select(slice(0, 0))) if fold == ALL_ROWS
+                      else fold_split(pooled, fold, cfg.trainer.kfold, seed=cfg.seed))
     elif val is None:
         train, val = split_off(train, cfg.dataset.val_fraction, seed=cfg.seed, in_order=splits.sequential)
     parts = {"train": train, "val": val, "test": splits.test}
+    _check_split_sizes(cfg, parts, fold)
     subset = _smallest(cfg.dataset.subset, cfg.debug.subset)
     if subset is not None:
         parts = {name: part.select(slice(0, subset)) for name, part in parts.items()}
     return parts
+
+
+def _check_split_sizes(cfg: DictConfig, parts: dict[str, Union[TensorSplit, FileSplit]], fold: Optional[int]) -> None:
+    """Training and test examples exist: too few rows is one line, not an IndexError in the loop.
+
+    A validation fraction that rounds to no example is said in the log: the training metric then
+    picks the best epoch, as with dataset.val_fraction=0.
+    """
+    sizes = ", ".join(f"{name} {len(part)}" for name, part in parts.items())
+    asked = (f"trainer.kfold={cfg.trainer.kfold}" if fold is not None
+             else f"dataset.val_fraction={cfg.dataset.val_fraction}")
+    wanted = ["train", *(["test"] if cfg.dataset.get("test_fraction") != 0 else []),  # 0: no test split, by choice
+              *(["val"] if fold is not None and fold != ALL_ROWS else [])]  # a refit trains on every row
+    empty = [name for name in wanted if len(parts[name]) == 0]
+    if empty:
+        raise DataError(f"dataset: {sum(len(part) for part in parts.values())} examples are too few for the splits "
+                        f"asked for ({sizes}; {asked}): the {' and '.join(empty)} split"
+                        f"{'s' if len(empty) > 1 else ''} would be empty; use more data or smaller fractions")
+    if len(parts["val"]) == 0 and cfg.dataset.val_fraction > 0 and fold != ALL_ROWS:
+        log.warning("dataset: %s leaves no validation example (%s): the training metric picks the best epoch",
+                    asked, sizes)
 
 
 def _augmentation(cfg: DictConfig, parts: dict[str, Union[TensorSplit, FileSplit]]

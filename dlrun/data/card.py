@@ -13,35 +13,46 @@ Input kinds (`inputs`):
   `dlrun.data.tabular.TableEncoder` state; an identity encoder when the features are numbers already).
 - `tokens`: (T,) ids of `vocabulary["tokens"]` (a language model).
 - `sequence`: anything else ((T, F) sequences); evaluated, but not read from files.
+
+Targets: `classes` names the outputs of a classifier (and a binary task's negative and positive
+class, a multilabel task's labels); `target_names` the target columns a prediction is written
+under; `target_scale` the regression targets' mean and std (dlrun.data.targets.TargetScale), by
+which standardised outputs go back to the target's units.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dlrun.atomic import read_json, write_json
 from dlrun.data.tabular import TableEncoder
+from dlrun.data.targets import TargetScale
 from dlrun.errors import DataError
 
 CARD_FILE = "data.json"
 INPUT_KINDS = ("image", "table", "tokens", "sequence")
+NAMED_OUTPUTS = ("classification", "binary", "multilabel", "detection")  # tasks whose outputs have class names
 
 
 @dataclass(frozen=True)
 class DataCard:
-    task: str  # dataset.task: classification | regression | language_model | ...
+    task: str  # dataset.task: classification | binary | multilabel | regression | language_model | detection
     inputs: str  # one of INPUT_KINDS
     input_shape: list[int]  # one example, as the model takes it (no batch dimension)
-    classes: list[str] = field(default_factory=list)  # class names in output order (classification, detection)
+    # class names in output order (classification, detection); binary: [negative, positive]; multilabel: labels
+    classes: list[str] = field(default_factory=list)
     encoder: Optional[dict[str, Any]] = None  # TableEncoder state (table inputs)
-    target: Optional[str] = None  # the target column of a CSV dataset
+    target: Union[str, list[str], None] = None  # dataset.target: the target column(s) of a CSV dataset
     log_target: bool = False  # regression scored by log-RMSE; the model still predicts the target's own units
     vocabulary: Optional[dict[str, Any]] = None  # {"tokens", "separator": "" | " ", "sample_prefix"} (token inputs)
     dataset: str = ""  # the dataset's _target_, for messages
+    target_names: list[str] = field(default_factory=list)  # the target columns, as the training file names them
+    target_scale: Optional[dict[str, Any]] = None  # regression: TargetScale state (mean, std, standardized)
+    threshold: float = 0.5  # binary, multilabel: yes at this probability or more
 
     @classmethod
     def from_data(cls, cfg: DictConfig, task: str, extras: dict[str, Any]) -> "DataCard":
@@ -49,13 +60,18 @@ class DataCard:
         dataset = cfg.dataset
         shape = [int(size) for size in dataset.input_shape]
         classes = [str(name) for name in extras.get("classes") or []]
-        if task == "classification" and not classes:
+        if task in ("classification", "multilabel") and not classes:
             classes = [str(index) for index in range(int(dataset.num_outputs))]
+        if task == "binary" and not classes:
+            classes = ["0", "1"]
         inputs, encoder, vocabulary = _input_kind(task, shape, extras)
-        named = task in ("classification", "detection")  # outputs (or boxes) of named classes
-        return cls(task=task, inputs=inputs, input_shape=shape, classes=classes if named else [],
-                   encoder=encoder, target=dataset.get("target"), log_target=bool(dataset.get("log_target", False)),
-                   vocabulary=vocabulary, dataset=str(dataset.get("_target_", "")))
+        target = dataset.get("target")
+        target = OmegaConf.to_container(target) if OmegaConf.is_list(target) else target
+        names = [str(name) for name in extras.get("target_names") or ([target] if isinstance(target, str) else [])]
+        return cls(task=task, inputs=inputs, input_shape=shape, classes=classes if task in NAMED_OUTPUTS else [],
+                   encoder=encoder, target=target, log_target=bool(dataset.get("log_target", False)),
+                   vocabulary=vocabulary, dataset=str(dataset.get("_target_", "")), target_names=names,
+                   target_scale=extras.get("target_scale"), threshold=float(dataset.get("threshold", 0.5) or 0.5))
 
     def write(self, run_dir: Path) -> None:
         write_json(Path(run_dir) / CARD_FILE, asdict(self))
@@ -67,6 +83,17 @@ class DataCard:
             return cls(**read_json(path))
         except (OSError, ValueError, TypeError) as error:
             raise DataError(f"cannot read {path} ({type(error).__name__}: {error})") from None
+
+    def scale(self) -> TargetScale:
+        """The regression targets' scale (identity for a run from before targets were standardised)."""
+        return TargetScale.from_state(self.target_scale) or TargetScale.identity(max(1, len(self.target_names)))
+
+    def prediction_names(self) -> list[str]:
+        """The columns a prediction is written under: the target's name(s) (one per regression target), else
+        `prediction`."""
+        if self.task == "regression" and len(self.target_names) > 1:
+            return list(self.target_names)
+        return [self.target_names[0]] if len(self.target_names) == 1 else ["prediction"]
 
     def table_encoder(self) -> TableEncoder:
         if self.encoder is None:

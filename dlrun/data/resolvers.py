@@ -33,11 +33,12 @@ def csv_num_features(path: str, target: str, task: str = "regression", drop: lis
     return encode_csv(path, target, task, tuple(drop or ())).features.shape[1]
 
 
-def csv_num_outputs(path: str, target: str, task: str = "regression", drop: list[str] | None = None) -> int:
-    """1 for regression, the number of distinct target values for classification (dataset=csv)."""
+def csv_num_outputs(path: str, target: str | list[str], task: str = "regression", drop: list[str] | None = None) -> int:
+    """The head the task needs (dataset=csv): a class's, a label's or a target's output each; 1 for binary."""
     from dlrun.data.tabular import encode_csv
 
-    return len(encode_csv(path, target, task, tuple(drop or ())).classes) or 1
+    table = encode_csv(path, target, task, tuple(drop or ()))
+    return head_size(task, len(table.classes), len(table.target_names))
 
 
 def image_folder_classes(root: str, labels_csv: str | None = None) -> int:
@@ -45,6 +46,21 @@ def image_folder_classes(root: str, labels_csv: str | None = None) -> int:
     from dlrun.data.image_folder import find_classes
 
     return len(find_classes(root, labels_csv))
+
+
+def image_folder_outputs(root: str, labels_csv: str | None = None, task: str = "classification",
+                         target: str | list[str] | None = None) -> int:
+    """The head the task needs (dataset=image_folder): one output per class (folder or CSV label), per label
+    (multilabel), per target column (regression); 1 for binary."""
+    from dlrun.data.image_folder import find_targets
+
+    classes, targets = find_targets(root, labels_csv, task, target)
+    return head_size(task, len(classes), len(targets))
+
+
+def head_size(task: str, classes: int, targets: int) -> int:
+    """Outputs per example a task reads from a labelled source of `classes` classes and `targets` columns."""
+    return {"binary": 1, "regression": targets}.get(task, classes)
 
 
 def image_folder_shape(root: str, labels_csv: str | None, channels: str | int, resize: int | None,
@@ -67,5 +83,6 @@ OmegaConf.register_new_resolver("dlrun.text_vocab_size", text_vocab_size, replac
 OmegaConf.register_new_resolver("dlrun.csv_num_features", csv_num_features, replace=True)
 OmegaConf.register_new_resolver("dlrun.csv_num_outputs", csv_num_outputs, replace=True)
 OmegaConf.register_new_resolver("dlrun.image_folder_classes", image_folder_classes, replace=True, use_cache=True)
+OmegaConf.register_new_resolver("dlrun.image_folder_outputs", image_folder_outputs, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("dlrun.image_folder_shape", image_folder_shape, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("dlrun.coco_classes", coco_classes, replace=True)

@@ -7,6 +7,9 @@ from typing import Any, Optional
 
 import torch
 
+# The `fold` of a K-fold run's refit (trainer.kfold_refit): every training row trains, none validates.
+ALL_ROWS = -1
+
 
 @dataclass
 class TensorSplit:

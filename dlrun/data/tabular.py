@@ -10,7 +10,8 @@ loading.
 The fitted preprocessing is a `TableEncoder`: its state (`state_dict()`, plain JSON) is saved in
 the run directory at training time (dlrun.data.card) and applied unchanged to new rows by
 dlrun-predict and dlrun-eval. A category the training file never had goes to the `<missing>`
-column; a missing value is filled as in training.
+column; a missing value is filled as in training. What is read is checked as it is read
+(dlrun.data.csv_checks): repeated column names, non-finite numbers, a byte-order mark.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from dlrun.data.csv_checks import BOM, header_names, not_a_number, numeric_column
 from dlrun.data.splits import DataSplits, TensorSplit, split_off
+from dlrun.data.targets import TARGET_KINDS, encode_targets
 from dlrun.errors import DataError
 
 MISSING = {"", "na", "nan", "n/a", "null", "none", "?"}
 MISSING_CATEGORY = "<missing>"
-TARGET_KINDS = ("regression", "classification")
+Target = Union[str, list[str], tuple[str, ...]]  # one target column, or several (regression, multilabel)
 
 
 @dataclass(frozen=True)
@@ -60,15 +63,17 @@ class TableEncoder:
     columns: tuple[Column, ...]
 
     @classmethod
-    def fit(cls, header: list[str], rows: list[list[str]], skip: tuple[str, ...] = ()) -> "TableEncoder":
-        """Numeric columns (every present value a finite number) get their mean and std; the others their categories."""
+    def fit(cls, header: list[str], rows: list[list[str]], skip: tuple[str, ...] = (),
+            source: str = "the CSV file") -> "TableEncoder":
+        """Numeric columns (most present values numbers: `csv_checks.numeric_column`) get their mean and std;
+        the others their categories."""
         columns: list[Column] = []
         for i, name in enumerate(header):
             if name in skip:
                 continue
             values = [row[i] for row in rows]
             missing = np.array([_is_missing(value) for value in values])
-            numbers = _as_numbers(values, missing)
+            numbers = numeric_column(name, values, missing, source)
             if numbers is None:
                 categories = sorted({value for value, gone in zip(values, missing) if not gone})
                 columns.append(CategoricalColumn(name, tuple(categories)))
@@ -95,6 +100,7 @@ class TableEncoder:
         naming it (and the line, counting the header as line 1).
         """
         position = {name: i for i, name in enumerate(header)}
+        position.update({BOM + name: i for name, i in list(position.items())})  # an encoder fitted with a BOM in a name
         absent = [column.name for column in self.columns if column.name not in position]
         if absent:
             also = f" ({len(absent)} of its columns are missing: {_listed(absent)})" if len(absent) > 1 else ""
@@ -132,36 +138,42 @@ class TableEncoder:
 class EncodedTable:
     features: np.ndarray  # float32 (rows, encoded features)
     feature_names: tuple[str, ...]
-    targets: np.ndarray  # float32 values (regression) or int64 class indices (classification)
-    classes: tuple[str, ...]  # class names in index order; empty for regression
+    targets: np.ndarray  # as dlrun.data.targets.encode_targets gives them for the target kind
+    classes: tuple[str, ...]  # class (binary, multilabel: label) names in index order; empty for regression
     encoder: TableEncoder
+    target_names: tuple[str, ...] = ()  # the target columns
 
 
-def load_csv(path: str, target: str, target_kind: str = "regression", drop: list[str] | None = None,
-             test_fraction: float = 0.2, seed: int = 0, encoder: Optional[dict[str, Any]] = None) -> DataSplits:
+def load_csv(path: str, target: Target, target_kind: str = "regression", drop: list[str] | None = None,
+             test_fraction: float = 0.2, seed: int = 0, encoder: Optional[dict[str, Any]] = None,
+             classes: Optional[list[str]] = None) -> DataSplits:
     """Rows of `path` as (encoded features, `target`), a test split of `test_fraction` drawn by seed.
 
-    `encoder` is a fitted encoder's state to apply instead of fitting one on this file: how
-    dlrun-eval reads another labelled file exactly as the run's training rows were read.
-    `extras` holds the feature names, the class names and the encoder's state.
+    `target` is a column, or a list of columns (several regression targets, or one 0/1 column
+    per label for multilabel); `target_kind` is dataset.task (dlrun.data.targets). `encoder` is a
+    fitted encoder's state to apply instead of fitting one on this file, and `classes` the class
+    (or label) names to index by: how dlrun-eval reads another labelled file exactly as the run's
+    training rows were read. `extras` holds the feature names, the class names, the target
+    columns and the encoder's state.
     """
-    if encoder is None:
-        table = encode_csv(path, target, target_kind, tuple(drop or ()))
+    targets = _target_columns(target)
+    if encoder is None and classes is None:
+        table = encode_csv(path, targets, target_kind, tuple(drop or ()))
     else:
-        table = _encode_with(TableEncoder.from_state(encoder), path, target, target_kind)
-    dtype = torch.long if target_kind == "classification" else torch.float32
-    rows = TensorSplit(torch.from_numpy(table.features), torch.from_numpy(table.targets).to(dtype))
+        fitted = TableEncoder.from_state(encoder) if encoder is not None else None
+        table = _encode_with(fitted, path, targets, target_kind, tuple(drop or ()), classes)
+    rows = TensorSplit(torch.from_numpy(table.features), torch.from_numpy(table.targets))
     train, test = split_off(rows, test_fraction, seed)
     return DataSplits(train=train, test=test,
                       extras={"feature_names": list(table.feature_names), "classes": list(table.classes),
-                              "encoder": table.encoder.state_dict()})
+                              "target_names": list(table.target_names), "encoder": table.encoder.state_dict()})
 
 
-def encode_csv(path: str, target: str, target_kind: str, drop: tuple[str, ...] = ()) -> EncodedTable:
+def encode_csv(path: str, target: Target, target_kind: str, drop: tuple[str, ...] = ()) -> EncodedTable:
     """Read and encode `path`; cached per file version, as the config resolvers ask too."""
     file = _existing(path)
     stat = file.stat()
-    return _encode(str(file), stat.st_mtime_ns, stat.st_size, target, target_kind, drop)
+    return _encode(str(file), stat.st_mtime_ns, stat.st_size, _target_columns(target), target_kind, drop)
 
 
 def read_csv(path: Union[str, Path]) -> tuple[list[str], list[list[str]]]:
@@ -170,26 +182,36 @@ def read_csv(path: Union[str, Path]) -> tuple[list[str], list[list[str]]]:
 
 
 @functools.lru_cache(maxsize=8)
-def _encode(path: str, _mtime: int, _size: int, target: str, target_kind: str, drop: tuple[str, ...]) -> EncodedTable:
-    _check_kind(target_kind)
-    header, rows = _read_rows(Path(path))
-    _check_target(path, target, header)
-    unknown = [name for name in drop if name not in header]
-    if unknown:
-        raise DataError(f"dataset.drop names {', '.join(unknown)}, not columns of {path}; columns: {', '.join(header)}")
-    encoder = TableEncoder.fit(header, rows, skip=(target, *drop))
-    if not encoder.columns:
-        raise DataError(f"{path} has no feature columns besides the target {target!r}")
-    targets, classes = _encode_target(path, target, [row[header.index(target)] for row in rows], target_kind)
-    return EncodedTable(encoder.transform(header, rows, path), encoder.feature_names, targets, classes, encoder)
+def _encode(path: str, _mtime: int, _size: int, target: tuple[str, ...], target_kind: str,
+            drop: tuple[str, ...]) -> EncodedTable:
+    return _encode_with(None, path, target, target_kind, drop)
 
 
-def _encode_with(encoder: TableEncoder, path: str, target: str, target_kind: str) -> EncodedTable:
+def _encode_with(encoder: Optional[TableEncoder], path: str, target: tuple[str, ...], target_kind: str,
+                 drop: tuple[str, ...] = (), classes: Optional[list[str]] = None) -> EncodedTable:
+    """Encode `path`'s features (with `encoder`, else one fitted on it) and its targets (indexed by `classes`)."""
     _check_kind(target_kind)
     header, rows = read_csv(path)
-    _check_target(path, target, header)
-    targets, classes = _encode_target(path, target, [row[header.index(target)] for row in rows], target_kind)
-    return EncodedTable(encoder.transform(header, rows, path), encoder.feature_names, targets, classes, encoder)
+    for name in target:
+        _check_target(path, name, header)
+    if encoder is None:
+        unknown = [name for name in drop if name not in header]
+        if unknown:
+            raise DataError(f"dataset.drop names {', '.join(unknown)}, not columns of {path}; "
+                            f"columns: {', '.join(header)}")
+        encoder = TableEncoder.fit(header, rows, skip=(*target, *drop), source=path)
+        if not encoder.columns:
+            raise DataError(f"{path} has no feature columns besides the target {', '.join(map(repr, target))}")
+    encoded = encode_targets(target_kind, {name: [None if _is_missing(row[header.index(name)]) else
+                                                  row[header.index(name)] for row in rows] for name in target},
+                             f"CSV file {path}", classes)
+    return EncodedTable(encoder.transform(header, rows, path), encoder.feature_names, encoded.values, encoded.classes,
+                        encoder, encoded.names)
+
+
+def _target_columns(target: Target) -> tuple[str, ...]:
+    """dataset.target as a tuple of column names (a single name, or a list of them)."""
+    return (target,) if isinstance(target, str) else tuple(str(name) for name in target)
 
 
 def _existing(path: str) -> Path:
@@ -201,7 +223,8 @@ def _existing(path: str) -> Path:
 
 def _check_kind(target_kind: str) -> None:
     if target_kind not in TARGET_KINDS:
-        raise DataError(f"a CSV dataset's task must be one of: {', '.join(TARGET_KINDS)} (got {target_kind!r})")
+        raise DataError(f"a CSV dataset's task must be one of: {', '.join(TARGET_KINDS)} (got dataset.task="
+                        f"{target_kind})")
 
 
 def _check_target(path: str, target: str, header: list[str]) -> None:
@@ -211,7 +234,7 @@ def _check_target(path: str, target: str, header: list[str]) -> None:
 
 def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a leading byte-order mark is dropped
             reader = csv.reader(handle)
             header = next(reader, None)
             rows = [row for row in reader if row]
@@ -222,7 +245,7 @@ def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     for number, row in enumerate(rows, start=2):
         if len(row) != len(header):
             raise DataError(f"CSV file {path} line {number}: {len(row)} fields, the header has {len(header)}")
-    return [name.strip() for name in header], [[value.strip() for value in row] for row in rows]
+    return header_names(path, header), [[value.strip() for value in row] for row in rows]
 
 
 def _is_missing(value: str) -> bool:
@@ -235,7 +258,7 @@ def _standardized(column: NumericColumn, values: list[str], source: str) -> np.n
     if numbers is None:
         line, value = next((row + 2, value) for row, value in enumerate(values)
                            if not _is_missing(value) and _as_numbers([value], np.array([False])) is None)
-        raise DataError(f"{source} line {line}: column {column.name!r} holds {value!r}, not a number "
+        raise DataError(f"{source} line {line}: column {column.name!r} holds {value!r}, {not_a_number(value)} "
                         "(the model was trained with numbers in it)")
     return np.where(missing, 0.0, (numbers - column.mean) / column.std)
 
@@ -265,26 +288,3 @@ def _as_numbers(values: list[str], missing: np.ndarray) -> np.ndarray | None:
         if not math.isfinite(numbers[row]):
             return None
     return numbers
-
-
-def _encode_target(path: str, target: str, values: list[str], kind: str) -> tuple[np.ndarray, tuple[str, ...]]:
-    gaps = [row + 2 for row, value in enumerate(values) if _is_missing(value)]
-    if gaps:
-        raise DataError(f"CSV file {path}: target {target!r} is missing on line {gaps[0]} ({len(gaps)} rows in all)")
-    if kind == "classification":
-        classes = tuple(sorted(set(values), key=_class_order))
-        index = {name: i for i, name in enumerate(classes)}
-        return np.array([index[value] for value in values], dtype=np.int64), classes
-    try:
-        return np.array([float(value) for value in values], dtype=np.float32), ()
-    except ValueError as error:
-        raise DataError(f"CSV file {path}: regression target {target!r} is not numeric ({error}); "
-                        "use dataset.task=classification for labels") from None
-
-
-def _class_order(name: str) -> tuple[int, float, str]:
-    """Numeric labels in numeric order (2 before 10), then the others alphabetically."""
-    try:
-        return (0, float(name), name)
-    except ValueError:
-        return (1, 0.0, name)

@@ -110,7 +110,7 @@ def d2l_clean(text: str) -> str:
 @functools.lru_cache(maxsize=4)
 def _read(path: str, _mtime: int, _size: int, level: str, clean: bool, min_freq: int) -> Corpus:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a leading byte-order mark is no character
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"cannot read text file {path} as UTF-8: {error}") from None
     tokens = tokenize(d2l_clean(text) if clean else text, level)

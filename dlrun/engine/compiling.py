@@ -63,12 +63,22 @@ def use_inductor_cache() -> str:
 
     Inductor's default is a folder in /tmp (lost on reboot, per node), and importing some of
     torch's libraries already writes that default into the environment: that value is replaced.
+    A cache folder that cannot be written (a read-only home) leaves Inductor's default in place,
+    with a warning naming the folder: the cache only saves time, the run need not fail for it.
     """
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_folder() / "inductor")
+        ours = cache_folder() / "inductor"
+        try:
+            ours.mkdir(parents=True, exist_ok=True)
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(ours)
+        except OSError as error:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = default_cache_dir()
+            log.warning("compile: cannot write the compile cache %s (%s): compiling with %s, which is not kept; "
+                        "set %s to a writable folder", error.filename or ours, error.strerror,
+                        os.environ["TORCHINDUCTOR_CACHE_DIR"], CACHE_VARIABLE)
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 

@@ -129,10 +129,14 @@ def check_finite(position: EpochPosition) -> None:
     """
     bad = (~torch.isfinite(position.step_losses[:position.step])).nonzero()
     if len(bad):
-        kept = ("the previous epoch" if position.saved_step is None
-                else f"epoch {position.epoch}, step {position.saved_step}")
+        if position.saved_step is not None:
+            kept = f"last.pt keeps epoch {position.epoch}, step {position.saved_step}"
+        elif position.epoch > 1:
+            kept = "last.pt keeps the previous epoch"
+        else:  # nothing was saved yet: say so rather than name a file that is not there
+            kept = "no checkpoint was written before it"
         raise TrainingDiverged(f"loss became non-finite in epoch {position.epoch} at step {int(bad[0])} "
-                               f"(of {position.batches}); last.pt keeps {kept}. "
+                               f"(of {position.batches}); {kept}. "
                                "Try a lower optimizer.lr or regularization.grad_clip")
 
 

@@ -26,6 +26,7 @@ from dlrun.engine.precision import Precision
 from dlrun.engine.schedulers import build_scheduler
 from dlrun.models import build_model
 from dlrun.tasks import build_task
+from dlrun.tasks.model_check import check_model_fits
 
 
 @dataclass
@@ -63,6 +64,7 @@ def build_training(cfg: DictConfig, epochs: int, fold: Optional[int] = None, ran
     regularization = cfg.regularization
     model = ranks.convert_batchnorm(build_model(cfg.model, regularization.dropout), cfg.device.sync_batchnorm)
     model = model.to(device)
+    check_model_fits(model, data, task, cfg)  # a wrong input shape or head: one line before any step
     net = prepare_model(model, cfg.device)
     # With no validation split (dataset.val_fraction=0, e.g. d2l's 20-example weight-decay demo)
     # the training metric picks the best epoch and drives early stopping and plateau schedules.

@@ -5,22 +5,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlrun.models.layers import conv_relu, divide_width, dry_run_shape
+from dlrun.models.layers import Activation, activation_factory, conv_relu, divide_width, dry_run_shape
 
 
 class Inception(nn.Module):
     """Four parallel paths concatenated on channels: 1x1; 1x1→3x3; 1x1→5x5; 3x3 max-pool→1x1."""
 
     def __init__(self, in_channels: int, c1: int, c2: tuple[int, int], c3: tuple[int, int], c4: int,
-                 batch_norm: bool = False) -> None:
+                 batch_norm: bool = False, act: Activation = nn.ReLU) -> None:
         super().__init__()
-        self.path1 = nn.Sequential(*conv_relu(in_channels, c1, batch_norm, kernel_size=1))
-        self.path2 = nn.Sequential(*conv_relu(in_channels, c2[0], batch_norm, kernel_size=1),
-                                   *conv_relu(c2[0], c2[1], batch_norm, kernel_size=3, padding=1))
-        self.path3 = nn.Sequential(*conv_relu(in_channels, c3[0], batch_norm, kernel_size=1),
-                                   *conv_relu(c3[0], c3[1], batch_norm, kernel_size=5, padding=2))
+        self.path1 = nn.Sequential(*conv_relu(in_channels, c1, batch_norm, act, kernel_size=1))
+        self.path2 = nn.Sequential(*conv_relu(in_channels, c2[0], batch_norm, act, kernel_size=1),
+                                   *conv_relu(c2[0], c2[1], batch_norm, act, kernel_size=3, padding=1))
+        self.path3 = nn.Sequential(*conv_relu(in_channels, c3[0], batch_norm, act, kernel_size=1),
+                                   *conv_relu(c3[0], c3[1], batch_norm, act, kernel_size=5, padding=2))
         self.path4 = nn.Sequential(nn.MaxPool2d(kernel_size=3, stride=1, padding=1),
-                                   *conv_relu(in_channels, c4, batch_norm, kernel_size=1))
+                                   *conv_relu(in_channels, c4, batch_norm, act, kernel_size=1))
         self.out_channels = c1 + c2[1] + c3[1] + c4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,20 +50,22 @@ class GoogLeNet(nn.Module):
 
     `width_divisor` divides every channel count (stem and all Inception paths), for quick runs;
     `batch_norm` adds batch normalization after every convolution (as in Inception v2), which
-    lets it train in a few epochs from scratch.
+    lets it train in a few epochs from scratch. `activation` replaces every ReLU.
     """
 
     def __init__(self, input_shape: list[int], num_outputs: int, width_divisor: int = 1,
-                 batch_norm: bool = False) -> None:
+                 batch_norm: bool = False, activation: str | None = None,
+                 activation_param: float | None = None) -> None:
         super().__init__()
+        act = activation_factory(activation, activation_param)
 
         def width(channels: int) -> int:
             return divide_width(channels, width_divisor)
 
         layers: list[nn.Module] = [
-            *conv_relu(input_shape[0], width(64), batch_norm, kernel_size=7, stride=2, padding=3), _pool(),
-            *conv_relu(width(64), width(64), batch_norm, kernel_size=1),
-            *conv_relu(width(64), width(192), batch_norm, kernel_size=3, padding=1), _pool(),
+            *conv_relu(input_shape[0], width(64), batch_norm, act, kernel_size=7, stride=2, padding=3), _pool(),
+            *conv_relu(width(64), width(64), batch_norm, act, kernel_size=1),
+            *conv_relu(width(64), width(192), batch_norm, act, kernel_size=3, padding=1), _pool(),
         ]
         channels = width(192)
         for spec in INCEPTIONS:
@@ -72,7 +74,7 @@ class GoogLeNet(nn.Module):
                 continue
             c1, (c2a, c2b), (c3a, c3b), c4 = spec
             block = Inception(channels, width(c1), (width(c2a), width(c2b)), (width(c3a), width(c3b)), width(c4),
-                              batch_norm)
+                              batch_norm, act)
             layers.append(block)
             channels = block.out_channels
         layers += [nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(channels, num_outputs)]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from dlrun.models.layers import activation as make_activation
-from dlrun.models.layers import flat_features
+from dlrun.models.layers import activation_factory, flat_features
 
 
 class LeNet(nn.Module):
@@ -23,8 +22,10 @@ class LeNet(nn.Module):
         activation: str = "sigmoid",
         pooling: str = "avg",
         batch_norm: bool = False,
+        activation_param: float | None = None,
     ) -> None:
         super().__init__()
+        act = activation_factory(activation, activation_param)
         if pooling not in ("avg", "max"):
             raise ValueError(f"pooling {pooling!r} is not one of: avg, max")
         pool = nn.AvgPool2d if pooling == "avg" else nn.MaxPool2d
@@ -35,15 +36,15 @@ class LeNet(nn.Module):
             return [nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)]
 
         self.features = nn.Sequential(
-            nn.Conv2d(input_shape[0], 6, kernel_size=5, padding=2), *norm(6, 2), make_activation(activation),
+            nn.Conv2d(input_shape[0], 6, kernel_size=5, padding=2), *norm(6, 2), act(),
             pool(kernel_size=2, stride=2),
-            nn.Conv2d(6, 16, kernel_size=5), *norm(16, 2), make_activation(activation),
+            nn.Conv2d(6, 16, kernel_size=5), *norm(16, 2), act(),
             pool(kernel_size=2, stride=2),
             nn.Flatten(),
         )
         self.classifier = nn.Sequential(
-            nn.Linear(flat_features(self.features, input_shape, "LeNet"), 120), *norm(120, 1), make_activation(activation),
-            nn.Linear(120, 84), *norm(84, 1), make_activation(activation),
+            nn.Linear(flat_features(self.features, input_shape, "LeNet"), 120), *norm(120, 1), act(),
+            nn.Linear(120, 84), *norm(84, 1), act(),
             nn.Linear(84, num_outputs),
         )
 

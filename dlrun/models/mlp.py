@@ -6,7 +6,7 @@ import math
 
 from torch import nn
 
-from dlrun.models.layers import activation as make_activation
+from dlrun.models.layers import activation_factory
 
 
 class MLP(nn.Module):
@@ -19,8 +19,10 @@ class MLP(nn.Module):
         hidden: list[int] | None = None,
         activation: str = "relu",
         dropout: float | list[float] = 0.0,
+        activation_param: float | None = None,
     ) -> None:
         super().__init__()
+        act = activation_factory(activation, activation_param)
         hidden = list(hidden or [])
         # One rate per hidden layer (d2l's 0.2/0.5 recipe) or one rate for all.
         rates = list(dropout) if isinstance(dropout, (list, tuple)) else [dropout] * len(hidden)
@@ -29,7 +31,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for size, rate in zip(hidden, rates):
-            layers += [nn.Linear(width, size), make_activation(activation)]
+            layers += [nn.Linear(width, size), act()]
             if rate > 0:
                 layers.append(nn.Dropout(rate))
             width = size

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlrun.models import layers
+
 log = logging.getLogger(__name__)
 
 LANGUAGE_MODEL = "language_model"
@@ -56,31 +58,17 @@ class RecurrentNet(nn.Module):
                         type(self).__name__, dropout)
         self.input_shape = list(input_shape)
         self.vocab_size = num_outputs if self.language_model else None
-        features = self._features_per_step()
+        features = self.vocab_size if self.language_model else layers.features_per_step(self.input_shape)
         self.rnn = self.cell(features, hidden_size, num_layers=num_layers, batch_first=True,
                              bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
         self.directions = 2 if bidirectional else 1
         self.output = nn.Linear(hidden_size * self.directions, num_outputs)
 
-    def _features_per_step(self) -> int:
-        if self.language_model:
-            return self.vocab_size
-        if len(self.input_shape) == 1:
-            return 1
-        if len(self.input_shape) == 2:
-            return self.input_shape[1]
-        channels, _, width = self.input_shape
-        return channels * width
-
     def as_steps(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, T, features) floats from the dataset's inputs, per the module's input contract."""
         if self.language_model:
             return F.one_hot(inputs.long(), self.vocab_size).float()
-        if inputs.dim() == 2:
-            return inputs.unsqueeze(-1)
-        if inputs.dim() == 4:  # (B, C, H, W) → (B, H, C*W): one image row per step
-            return inputs.permute(0, 2, 1, 3).flatten(2)
-        return inputs
+        return layers.as_steps(inputs)
 
     def forward(self, inputs: torch.Tensor, state: State | None = None,
                 return_state: bool = False) -> torch.Tensor | tuple[torch.Tensor, State]:

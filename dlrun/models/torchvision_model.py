@@ -20,8 +20,10 @@ class TorchvisionModel(nn.Module):
 
     The first convolution is adapted to the dataset's channels (pretrained RGB filters are
     summed for one channel, repeated and rescaled for more). `pretrained` loads torchvision's
-    default weights from torch's cache, downloading them if needed; `freeze_backbone` trains
-    only the new head. Pretrained weights expect ImageNet-sized inputs: set `model.input_size=224`.
+    default weights from torch's cache, downloading them if needed (a file already in the cache
+    is checked against the hash its name carries); `model.weights=<file>` loads a file of
+    torchvision's layout the same way (`load_foreign_weights`); `freeze_backbone` trains only the
+    new head. Pretrained weights expect ImageNet-sized inputs: set `model.input_size=224`.
     Every dlrun dataset gives images in [0, 1]; with `pretrained`, the model itself normalizes
     them with ImageNet's channel statistics, as those weights expect (their means for one channel).
     """
@@ -34,16 +36,36 @@ class TorchvisionModel(nn.Module):
             raise ValueError(f"name {name!r} is not a torchvision classification model; one of: {', '.join(choices)}")
         if len(input_shape) != 3:
             raise ValueError(f"torchvision models read images [C, H, W], got input_shape {list(input_shape)}")
+        self.name, self.channels, self.num_outputs, self.freeze_backbone = name, input_shape[0], num_outputs, \
+            freeze_backbone
+        self.net = get_model(name, weights=load_pretrained_weights(name) if pretrained else None)
+        self._adapt(pretrained)
+
+    def _adapt(self, pretrained: bool) -> None:
+        """The ImageNet network in `self.net` fitted to the dataset: its channels, its outputs, its inputs' scale."""
         self.pretrained = pretrained
-        mean, std = _input_statistics(input_shape[0]) if pretrained else (torch.zeros(1), torch.ones(1))
+        mean, std = _input_statistics(self.channels) if pretrained else (torch.zeros(1), torch.ones(1))
         # Not saved in checkpoints: they follow from `pretrained` and the channels.
         self.register_buffer("input_mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", std.view(1, -1, 1, 1), persistent=False)
-        self.net = get_model(name, weights=load_pretrained_weights(name) if pretrained else None)
-        if freeze_backbone:
+        if self.freeze_backbone:
             self.net.requires_grad_(False)  # the head built below is new, hence trainable
-        _adapt_first_conv(self.net, input_shape[0], keep_filters=pretrained)
-        _replace_head(self.net, num_outputs)
+        _adapt_first_conv(self.net, self.channels, keep_filters=pretrained)
+        _replace_head(self.net, self.num_outputs)
+
+    def load_foreign_weights(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """`model.weights` in torchvision's layout (`torch.save(torchvision.models.<name>().state_dict())`, its
+        published files): loaded into the ImageNet network, which is then fitted as pretrained weights are."""
+        from dlrun.models.weights import load_exactly
+
+        if any(key.startswith("net.") for key in state):  # this wrapper's own layout, of another head or size
+            load_exactly(self, state, f"model.weights={source}")
+            return
+        device = next(self.parameters()).device
+        self.net = get_model(self.name, weights=None)
+        load_exactly(self.net, state, f"model.weights={source} (torchvision's {self.name})")
+        self._adapt(pretrained=True)
+        self.to(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pretrained:
@@ -64,6 +86,13 @@ def _input_statistics(channels: int) -> tuple[torch.Tensor, torch.Tensor]:
 def load_pretrained_weights(name: str) -> torchvision.models.WeightsEnum:
     """The default weights of `name`, fetched into torch's cache now so a failure says where they go."""
     weights = get_model_weights(name).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rpartition("/")[2]
+    if cached.is_file():  # torch.hub checks a file's hash when it downloads it, not when it finds it in the cache
+        from dlrun.models.weights import HASH_IN_NAME, check_hash
+
+        found = HASH_IN_NAME.search(cached.name)
+        if found is not None:
+            check_hash(cached, found.group(1), f"model.pretrained=true ({name})")
     try:
         weights.get_state_dict(progress=False, check_hash=True)
     except (OSError, RuntimeError) as error:

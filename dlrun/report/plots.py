@@ -109,15 +109,20 @@ def confusion_matrix_chart(counts: np.ndarray, classes: Sequence[str]) -> "Figur
     return figure
 
 
-def scatter_chart(true: np.ndarray, predicted: np.ndarray, title: str) -> "Figure":
-    """Predicted against true values, with the line y = x where a perfect model's points would lie."""
-    figure, (ax,) = new_figure(5.0, 5.0)
-    ax.scatter(true, predicted, s=8, alpha=0.6)
-    low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
-    ax.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1, label="predicted = true")
-    ax.set(xlabel="true", ylabel="predicted", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+def scatter_chart(true: np.ndarray, predicted: np.ndarray, title: "str | Sequence[str]") -> "Figure":
+    """Predicted against true values, with the line y = x where a perfect model's points would lie; for
+    (N, targets) arrays one panel per target, each with its title."""
+    true, predicted = true.reshape(len(true), -1), predicted.reshape(len(predicted), -1)
+    titles = [title] if isinstance(title, str) else list(title)
+    figure, axes = new_figure(5.0 * true.shape[1], 5.0, true.shape[1])
+    for ax, column, panel_title in zip(axes, range(true.shape[1]), titles):
+        truth, guess = true[:, column], predicted[:, column]
+        ax.scatter(truth, guess, s=8, alpha=0.6)
+        low, high = float(min(truth.min(), guess.min())), float(max(truth.max(), guess.max()))
+        ax.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1, label="predicted = true")
+        ax.set(xlabel="true", ylabel="predicted", title=panel_title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
     return figure
 
 

@@ -51,8 +51,17 @@ LAST, BEST = "last.pt", "best.pt"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write to a temporary file in the same folder, fsync, rename: a crash never leaves half a file."""
-    atomic_write(path, lambda temporary: torch.save(state, temporary))
+    """Write to a temporary file in the same folder, fsync, rename: a crash never leaves half a file.
+
+    torch.save writes through a Python file object, so a full disk surfaces as the OSError it is
+    (with a path name it writes through torch's own writer as an errno-less RuntimeError).
+    """
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            torch.save(state, handle)
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -67,6 +76,23 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise CheckpointError(f"checkpoint {path} is not a dlrun checkpoint (no model state or epoch)")
     return state
+
+
+def read_saved_config(path: Path) -> tuple[dict[str, Any], tuple[int, int]]:
+    """The resolved config a checkpoint was written with, and how far it is (epoch, global step);
+    CheckpointError if it is unreadable.
+
+    Memory-mapped: deciding which run a directory holds reads the small entries, not the weights.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({reason}); nothing was changed") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "epoch" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a dlrun checkpoint (no config or epoch in it)")
+    return state["config"], (int(state["epoch"]), int(state.get("global_step", 0)))
 
 
 def rng_states(shuffle_generator: torch.Generator) -> dict[str, Any]:

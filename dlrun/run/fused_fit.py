@@ -47,13 +47,15 @@ def run_together(members: Sequence[Member], stop: StopSignals) -> None:
         fit(trainer, splits, members, saves)
         test(trainer, splits, members, saves)
     except BaseException as error:
+        if not isinstance(error, KeyboardInterrupt):  # logged while the members' log files still take the group's lines
+            log.error("fused group failed: %s: %s", type(error).__name__, error, exc_info=error,
+                      extra={"console": False})
         for member in members:
             if member.running:
                 member.end(FAILED, error)  # status.json: interrupted, diverged or failed, as the error says
         if isinstance(error, KeyboardInterrupt):  # a stop signal: the sweep stops here
             log.info("continue with: %s", continue_command(members[0].run_dir))
             raise
-        log.error("fused group failed: %s: %s", type(error).__name__, error, exc_info=error, extra={"console": False})
 
 
 def assemble(members: Sequence[Member], stop: StopSignals) -> tuple[FusedTrainer, dict[str, MemberSplits], GroupSaves]:

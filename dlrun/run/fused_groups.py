@@ -3,7 +3,8 @@
 Jobs whose resolved configs differ only in values that each member of a stacked model keeps for
 itself form one group: the optimizer's numbers (learning rate, momentum, betas, eps, ...), weight
 decay, L1, dropout rates, label smoothing, gradient clipping, early stopping, `seed` (initial
-weights, validation split and batch order), and the scheduler's numbers (none of which changes the
+weights, validation split and batch order), the initialisation (`model.init`, `model.init_param`:
+only the initial weights), and the scheduler's numbers (none of which changes the
 number of steps). Anything else — the model, the dataset, the batch size, the epochs, the optimizer
 or scheduler type and its switches (nesterov, amsgrad, interval), the device — starts another group.
 
@@ -23,7 +24,7 @@ from dlrun.run.resume import _flatten
 
 # Values a member keeps for itself (its own optimizer, penalty, dropout rates, data order and weights).
 FUSABLE_KEYS = frozenset({
-    "seed", "dataset.seed", "model.dropout", "regularization.weight_decay", "regularization.l1",
+    "seed", "dataset.seed", "model.dropout", "model.init", "model.init_param", "regularization.weight_decay", "regularization.l1",
     "regularization.dropout", "regularization.label_smoothing", "regularization.grad_clip",
     "regularization.early_stopping",
 })

@@ -1,12 +1,13 @@
 """The jobs of a fused group as Hydra jobs: each its own job directory, `.hydra/` files, log file and JobReturn.
 
 Hydra's `run_job` (hydra/core/utils.py) does this for each job the basic launcher runs: it sets the
-job's output directory (`hydra.sweep.dir/hydra.sweep.subdir`), makes it, writes `.hydra/config.yaml`,
-`hydra.yaml` and `overrides.yaml`, routes the log to the job's `dlrun.log`, and holds the job's
-config in `HydraConfig` while the task runs. A fused group runs many jobs in one task, so
-`MemberJob` does the same for each member, and `MemberLogs` sends each member's records to its own
-log file: a record logged while a member is `current()` (or with `extra={"member": number}`) goes to
-that member's file, the group's own records to every member's file. The console shows the group's
+job's output directory (`hydra.sweep.dir/hydra.sweep.subdir`), makes it, routes the log to the
+job's `dlrun.log` and holds the job's config in `HydraConfig` while the task runs (dlrun's config
+has Hydra write no `.hydra/` files: the job's attempt writes them, and its held log, once accepted;
+dlrun.run.job_files). A fused group runs many jobs in one task, so `MemberJob` does the same for
+each member, and `MemberLogs` gives each member a held log file of its own: a record logged while a
+member is `current()` (or with `extra={"member": number}`) goes to that member's file, the group's
+own records to every member's file. The console shows the group's
 records, and a member's records from warnings up (or with `extra={"console": True}`): sixteen
 members' epoch lines are in their files, not on the screen.
 """
@@ -26,6 +27,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from dlrun.run.job_files import HeldLog
 
 _current_member: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("fused_member", default=None)
 _ended_members: set[int] = set()  # members whose attempt has ended: the group's later records are not theirs
@@ -65,16 +68,10 @@ class MemberJob:
         return cls(number, list(overrides), config, task_cfg, copy.deepcopy(view), view,
                    Path(config.hydra.runtime.output_dir))
 
-    def write_hydra_files(self) -> None:
-        """The job directory and its `.hydra/` files, as run_job writes them."""
+    def make_dir(self) -> None:
+        """The job's empty directory, as run_job makes it; its .hydra/ files and log are written by its
+        attempt once accepted (dlrun.run.admission)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.config.hydra.output_subdir is None:
-            return
-        folder = self.run_dir / str(self.config.hydra.output_subdir)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, node in (("config.yaml", self.task_cfg), ("hydra.yaml", self.hydra_cfg),
-                           ("overrides.yaml", self.config.hydra.overrides.task)):
-            (folder / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
 
     @contextmanager
     def current(self) -> Iterator[None]:
@@ -135,7 +132,7 @@ class MemberLogs:
             return self
         settings = OmegaConf.to_container(first.job_logging, resolve=True)
         files = [name for name, spec in settings.get("handlers", {}).items()
-                 if str(spec.get("class", "")).endswith("FileHandler")]
+                 if str(spec.get("class", "")).endswith(("FileHandler", "HeldLog"))]
         for name in files:  # every member gets these below, each with its own file name
             del settings["handlers"][name]
         for logger in [settings.get("root") or {}, *settings.get("loggers", {}).values()]:
@@ -162,11 +159,21 @@ class MemberLogs:
             handler.removeFilter(self.console_filter)
 
 
+class _MemberLog(HeldLog):
+    """A member's log file: held until its attempt is accepted, then written in its run directory."""
+
+    def __init__(self, filename: str, number: int, mode: str = "a", encoding: Optional[str] = "utf-8") -> None:
+        super().__init__(filename, mode, encoding)
+        self.number = number
+
+    def opens_now(self) -> bool:
+        return _current_member.get() == self.number
+
+
 def _file_handler(settings: dict[str, Any], name: str, number: int) -> logging.Handler:
     """Member `number`'s instance of the file handler `name` of Hydra's job logging settings."""
     spec = settings["handlers"][name]
-    Path(spec["filename"]).parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(spec["filename"], mode=spec.get("mode", "a"), encoding=spec.get("encoding"))
+    handler = _MemberLog(spec["filename"], number, mode=spec.get("mode", "a"), encoding=spec.get("encoding", "utf-8"))
     formatter = settings.get("formatters", {}).get(spec.get("formatter"), {})
     handler.setFormatter(logging.Formatter(formatter.get("format"), formatter.get("datefmt")))
     handler.setLevel(spec.get("level", logging.NOTSET))

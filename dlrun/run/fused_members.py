@@ -27,7 +27,7 @@ from dlrun.models.summary import ModelSummary
 from dlrun.report.curves import write_run_curves
 from dlrun.report.metrics_log import MetricsLog
 from dlrun.run import checkpoint
-from dlrun.run.attempt import Attempt
+from dlrun.run.attempt import Attempt, storage_failure
 from dlrun.run.fused_jobs import MemberJob, log_ended
 from dlrun.run.run_dir import SUMMARY_FILE
 
@@ -106,13 +106,17 @@ class Member:
         return checkpoint.rng_states(self.training.shuffle_generator)
 
     def end(self, outcome: str, error: Optional[BaseException] = None) -> None:
-        """Record how this member's attempt ended (status.json) and close its metrics log."""
+        """Record how this member's attempt ended (status.json), release its run directory, close its metrics log."""
         self.outcome = outcome
-        if self.attempt is not None and self.attempt.status is not None:
-            if error is None:
-                self.attempt.status.write("completed")
-            else:
-                self.attempt.status.ended_by(error)
+        try:
+            if self.attempt is not None and self.attempt.status is not None:
+                if error is None:
+                    self.attempt.status.write("completed")
+                else:
+                    self.attempt.status.ended_by(storage_failure(error, self.run_dir) or error)
+        finally:
+            if self.attempt is not None and self.attempt.lock is not None:
+                self.attempt.lock.release()  # the run directory is free for the next command
         if self.metrics_log is not None:
             self.metrics_log.close()
             self.metrics_log = None

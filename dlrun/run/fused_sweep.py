@@ -109,7 +109,7 @@ class FusedSweep:
                     members = None
                 if members is not None:
                     for job in group:  # what Hydra's run_job does before it calls the task
-                        job.write_hydra_files()
+                        job.make_dir()
                         callbacks.on_job_start(config=job.config, task_function=self.task_function)
                     train_members(members, stop)
                     for member in members:

@@ -51,7 +51,7 @@ SPLITS = ("train", "val", "test")
 
 def train_members(members: Sequence[Member], stop: StopSignals) -> None:
     """Begin every member's attempt, then train and test them together (each ends with its outcome and best value)."""
-    started = [member for member in members if begin(member)]
+    started = [member for member in members if begin(member, stop)]
     for point in resume_points(started):
         run_together(point, stop)
 
@@ -96,12 +96,12 @@ def example_batch(member: Member, size: int = 4) -> torch.Tensor:
     return loader.transform(inputs) if loader.transform is not None else inputs
 
 
-def begin(member: Member) -> bool:
+def begin(member: Member, stop: StopSignals) -> bool:
     """Begin the member's attempt and ready its directory; whether it has anything to train or test."""
     job = member.job
     try:
         with job.current():
-            member.attempt = attempts.begin(member.cfg, job.run_dir)
+            member.attempt = attempts.begin(job.task_cfg, job.run_dir, stop)  # as Hydra passed it: its .hydra/ files
             done = member.attempt.done
             if done is not None:
                 member.outcome = SKIPPED

@@ -1,12 +1,19 @@
-"""K-fold cross-validation (`trainer.kfold=K`): K runs, each validating on another fold.
+"""K-fold cross-validation (`trainer.kfold=K`): K runs, each validating on another fold; then, optionally, a refit.
 
 Each fold is a full run in `<run_dir>/fold_<k>/` (its own checkpoints, TensorBoard events and
 summary.json); the run directory's summary.json lists every fold's final metrics and their
 mean and standard deviation, which are also printed as a table. An interrupted K-fold run
 continues fold by fold: completed folds are kept, the interrupted one goes on from its last.pt.
 
-dlrun.train walks `folds(...)`, trains each fold that is not complete, and hands the fold
-summaries to `combine`.
+With `trainer.kfold_refit=true` the folds are followed by the model a submission is made from
+(d2l's house prices: choose the settings by K-fold, then train on all the data): one more run,
+in `<run_dir>/refit/`, on every training row (the folds' training and validation rows pooled,
+none held out for validation) for the folds' mean best epoch count, rounded. Its metrics are
+the run summary's `refit`; dlrun-eval, dlrun-predict and dlrun-export use it when given the
+K-fold run's directory.
+
+dlrun.train walks `folds(...)`, trains each fold that is not complete, hands the fold
+summaries to `combine`, and for a refit trains `refit_fold(...)` with `refit_config(...)`.
 """
 
 from __future__ import annotations
@@ -17,22 +24,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from omegaconf import DictConfig
 from rich.table import Table
 
 from dlrun.atomic import read_json, write_json
+from dlrun.data.splits import ALL_ROWS
 from dlrun.report.console import console
 from dlrun.run.checkpoint import LAST
 from dlrun.run.run_dir import SUMMARY_FILE, clear_training_outputs
 
 log = logging.getLogger("dlrun")
 SPLITS = ("train/", "val/", "test/")
+REFIT_DIR = "refit"
 
 
 @dataclass
 class Fold:
     """One fold of a K-fold run: where it writes, and what is left of it to do."""
 
-    index: int
+    index: int  # 0 .. K-1, or ALL_ROWS for the refit
     directory: Path
     completed: Optional[dict[str, Any]] = None  # its summary.json when nothing is left to train
     checkpoint: Optional[Path] = None  # the last.pt it continues from; None: from scratch
@@ -47,16 +57,43 @@ def folds(folds_count: int, run_dir: Path, epochs: int, in_place: bool, writes: 
     """
     for index in range(folds_count):
         log.info("fold %d/%d", index + 1, folds_count)
-        fold = Fold(index, run_dir / f"fold_{index}")
-        if writes:
-            fold.directory.mkdir(parents=True, exist_ok=True)
-        fold.completed = _completed_fold(fold.directory, epochs) if in_place else None
-        if fold.completed is None:
-            last = fold.directory / "checkpoints" / LAST
-            fold.checkpoint = last if in_place and last.exists() else None
-            if fold.checkpoint is None and writes:
-                clear_training_outputs(fold.directory)
-        yield fold
+        yield _readied(Fold(index, run_dir / f"fold_{index}"), epochs, in_place, writes)
+
+
+def refit_fold(run_dir: Path, epochs: int, in_place: bool, writes: bool = True) -> Fold:
+    """The refit on every training row (trainer.kfold_refit), readied as a fold is."""
+    log.info("refit on every training row for %d epochs (the folds' mean best epoch)", epochs)
+    return _readied(Fold(ALL_ROWS, run_dir / REFIT_DIR), epochs, in_place, writes)
+
+
+def refit_config(cfg: DictConfig, summaries: list[dict[str, Any]]) -> DictConfig:
+    """The refit's config: the run's, for the folds' mean best epoch count (at least 1), with no early
+    stopping (nothing validates it)."""
+    best = [summary["best_epoch"] or summary["epochs_completed"] for summary in summaries]
+    refit = cfg.copy()
+    refit.trainer.epochs = max(1, round(statistics.fmean(best)))
+    refit.regularization.early_stopping = 0
+    return refit
+
+
+def where(fold: Optional[int]) -> str:
+    """The prefix of a fold's log lines: "fold 2: ", "refit: ", or nothing for a plain run."""
+    if fold is None:
+        return ""
+    return "refit: " if fold == ALL_ROWS else f"fold {fold}: "
+
+
+def _readied(fold: Fold, epochs: int, in_place: bool, writes: bool) -> Fold:
+    """`fold` with what is left of it to do; a fold started afresh has its old training outputs cleared."""
+    if writes:
+        fold.directory.mkdir(parents=True, exist_ok=True)
+    fold.completed = _completed_fold(fold.directory, epochs) if in_place else None
+    if fold.completed is None:
+        last = fold.directory / "checkpoints" / LAST
+        fold.checkpoint = last if in_place and last.exists() else None
+        if fold.checkpoint is None and writes:
+            clear_training_outputs(fold.directory)
+    return fold
 
 
 def combine(summaries: list[dict[str, Any]], run_dir: Path, duration_s: float, writes: bool = True) -> dict[str, Any]:
@@ -82,6 +119,19 @@ def combine(summaries: list[dict[str, Any]], run_dir: Path, duration_s: float, w
         write_json(run_dir / SUMMARY_FILE, result)
     console.print(_table(rows, names, mean, std))
     log.info("%d-fold %s: %s", len(rows), monitor, f"{mean[monitor]:.4f} ± {std[monitor]:.4f}")
+    return result
+
+
+def add_refit(combined: dict[str, Any], refit: dict[str, Any], run_dir: Path, duration_s: float,
+              writes: bool = True) -> dict[str, Any]:
+    """The K-fold summary with the refit's (`refit`: its epochs, final training metrics, test metrics, examples)."""
+    result = {**combined, "duration_s": duration_s,
+              "refit": {"directory": REFIT_DIR, "epochs": refit["epochs_completed"], "final": refit["final"],
+                        "test": refit["test"], "examples": refit.get("examples")}}
+    if writes:
+        write_json(run_dir / SUMMARY_FILE, result)
+    tested = ", ".join(f"{name} {value:.4f}" for name, value in refit["test"].items()) or "no test split"
+    log.info("refit on every training row (%s): %d epochs; %s", run_dir / REFIT_DIR, refit["epochs_completed"], tested)
     return result
 
 

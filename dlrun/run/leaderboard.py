@@ -117,8 +117,9 @@ def read_job(job_dir: Path) -> JobResult:
     if job.status == "completed" and (job_dir / SUMMARY_FILE).exists():
         summary = read_json(job_dir / SUMMARY_FILE)
         job.monitor, job.mode, job.best_value = summary["monitor"], summary.get("mode"), summary["best_value"]
-        job.test_metric = "test/" + job.monitor.partition("/")[2]
-        job.test_value = summary["test"].get(job.test_metric)
+        # dataset.test_fraction=0 leaves no test split: no test metric (the table says so)
+        job.test_metric = "test/" + job.monitor.partition("/")[2] if summary["test"] else None
+        job.test_value = summary["test"].get(job.test_metric) if job.test_metric else None
         job.epochs, job.duration_s = summary["epochs_completed"], summary["duration_s"]
     return job
 
@@ -172,8 +173,10 @@ def show(summary: SweepSummary, console: Optional[Console] = None) -> None:
         table.add_column(column, justify="right")
     for job in summary.jobs:
         differing = " ".join(o for o in job.overrides if o not in shared)
+        no_test = job.status == "completed" and job.test_metric is None  # dataset.test_fraction=0
+        tested = "no test split" if no_test else _number(job.test_value)
         table.add_row(str(job.job), differing or "(none)", job.status, _number(job.best_value),
-                      _number(job.test_value), _number(job.epochs), _seconds(job.duration_s))
+                      tested, _number(job.epochs), _seconds(job.duration_s))
     console.print(table)
     if summary.seed_groups:
         seeds = Table(title="mean ± std over seeds")

@@ -28,7 +28,8 @@ def run_summary(cfg: DictConfig, training: Training, progress: TrainingProgress,
         "best_value": progress.best_value,
         "stopped_early": progress.stopped_early,  # the epoch early stopping ended the run, or null
         "final": progress.history,
-        "test": test_metrics,
+        "test": test_metrics,  # empty without a test split
+        "examples": {split: len(getattr(training.data, split).split) for split in ("train", "val", "test")},
         "duration_s": duration,
         "device": str(training.device),
         "world_size": ranks.world,  # processes that trained it; each took batch_size_per_rank of every batch

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import signal
 import threading
+from contextlib import contextmanager
 from types import FrameType, TracebackType
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 # The signals that ask a run to stop; those a platform lacks (Windows) are skipped.
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
@@ -84,13 +85,30 @@ class StopSignals:
         assert self.signum is not None, "no stop signal was received"
         return Interrupted(self.signum, message, epoch, step)
 
+    def raise_if_requested(self, where: str) -> None:
+        """Stop here (`where`: e.g. "during start-up") when a stop signal has arrived."""
+        if self.signum is not None:
+            raise self.interrupted(f"stopped by {self.name} {where}")
+
+    def interrupted_instead(self, error: BaseException, where: str) -> BaseException:
+        """`error`, or the interruption when a stop signal arrived first: what a signal cut short fails
+        in odd ways (an import half done), and the signal is what the user should hear of."""
+        if self.signum is None or isinstance(error, Interrupted):
+            return error
+        return self.interrupted(f"stopped by {self.name} {where} ({type(error).__name__} on the way out)")
+
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is not threading.main_thread():
             return self
+        pending = early.take()  # received while the command was starting (`held`)
+        if pending is not None:
+            self.adopt(pending)
         for name in STOP_SIGNALS:
             number = getattr(signal, name, None)
             if number is not None:
-                self._previous[number] = signal.signal(number, self._record)
+                previous = signal.signal(number, self._record)
+                # Inside `held`, the handler before it (submitit's requeue) is what a stop hands over to.
+                self._previous[number] = early.originals.get(number, previous) if previous == early.record else previous
         return self
 
     def __exit__(self, kind: Optional[type], error: Optional[BaseException], trace: Optional[TracebackType]) -> None:
@@ -109,6 +127,59 @@ class StopSignals:
             self.repeats += 1
 
 
+class _HeldSignals:
+    """Stop signals that arrived while `held` was recording them; the first one is kept for the run."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self.originals: dict[int, Any] = {}  # the handlers `held` replaced, by signal number
+
+    def record(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def take(self) -> Optional[int]:
+        """The signal received so far, now the caller's to act on (a run adopts it)."""
+        signum, self.signum = self.signum, None
+        return signum
+
+
+early = _HeldSignals()
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Inside, stop signals are recorded instead of raising KeyboardInterrupt or killing the process.
+
+    The CLI holds them while it imports torch and the dataset libraries and while a job starts: a
+    Ctrl-C there would raise inside some library's import, which may swallow it and leave a module
+    half made (a bogus "cannot import" later), or print a long traceback. A run that starts inside
+    adopts the signal (`StopSignals`) and stops before anything is written; one still pending on
+    the way out raises `Interrupted`. Outside, the handlers are what they were, so a launcher
+    waiting for its jobs stops on Ctrl-C as usual.
+    """
+    if threading.current_thread() is not threading.main_thread() or early.originals:
+        yield  # not the main thread, or already held further out
+        return
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
+            early.originals[number] = signal.signal(number, early.record)
+    try:
+        yield
+    except BaseException:
+        early.take()  # what ended the block (a run's Interrupted, an error) says what happened
+        raise
+    finally:
+        for number, original in early.originals.items():
+            if signal.getsignal(number) == early.record:  # not replaced meanwhile (a run that ends ignoring it)
+                signal.signal(number, original)
+        early.originals.clear()
+    signum = early.take()
+    if signum is not None:
+        raise Interrupted(signum, f"stopped by {signal_name(signum)} while starting; nothing was written")
+
+
 def signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
@@ -118,5 +189,5 @@ def signal_name(signum: int) -> str:
 
 def _hand_over(signum: int, previous: Any) -> None:
     """Call a Python handler that was there before us (e.g. submitit's requeue); it may exit."""
-    if callable(previous) and previous is not signal.default_int_handler:
+    if callable(previous) and previous is not signal.default_int_handler and previous != early.record:
         previous(signum, None)

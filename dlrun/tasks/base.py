@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from omegaconf import DictConfig
 
+from dlrun.errors import ConfigError
+
 if TYPE_CHECKING:
     from dlrun.data.build import Data
 
@@ -29,6 +31,10 @@ class Task:
     metric: str  # the validation metric that picks the best checkpoint
     mode: str  # "max" or "min": which direction of `metric` is better
     default_grad_clip: Optional[float] = None  # used when regularization.grad_clip is null
+    # The outputs per example the task reads (the head's size), checked against the model before training
+    # (dlrun.tasks.model_check); None: the task's model has outputs of its own form (a detector, a language model).
+    expected_outputs: Optional[int] = None
+    head = ""  # what those outputs are, for messages: "one output per class"
 
     @classmethod
     def from_config(cls, cfg: DictConfig, data: "Data") -> "Task":
@@ -66,6 +72,19 @@ class Task:
         """Extra evaluation after the test pass, on the same (best) weights: metrics named
         `<group>/<name>`, reported with the test metrics; it may write files (figures) into `run_dir`."""
         return {}
+
+
+# The target options a task kind reads (dataset.<key>), so that setting one for another kind is an error, not ignored.
+TARGET_OPTIONS = {"pos_weight": ("binary", "multilabel"), "loss": ("regression",)}
+
+
+def refuse_other_options(dataset: DictConfig, task: str) -> None:
+    """ConfigError for a target option set (not null) that `task` does not read, e.g. dataset.loss for binary."""
+    for key, tasks in TARGET_OPTIONS.items():
+        value = dataset.get(key)
+        if value is not None and task not in tasks:
+            raise ConfigError(f"dataset.{key}={value} does not apply to dataset.task={task}: it is for "
+                              f"{' and '.join(tasks)} targets; leave it null")
 
 
 # Per-batch statistics run after every training step: for small models their few tensor operations

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from dlrun.tasks.base import Task, as_float32, count_tensor
+from dlrun.tasks.base import Task, as_float32, count_tensor, refuse_other_options
 
 if TYPE_CHECKING:
     from dlrun.data.build import Data
@@ -18,14 +18,19 @@ class Classification(Task):
     """Cross-entropy on logits; accuracy. The best checkpoint has the highest val/acc."""
 
     metric, mode = "acc", "max"
+    head = "one output per class"
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    def __init__(self, label_smoothing: float = 0.0, num_classes: Optional[int] = None) -> None:
         # regularization.label_smoothing; reported losses (val and test too) include it.
         self.label_smoothing = label_smoothing
+        self.expected_outputs = num_classes
 
     @classmethod
     def from_config(cls, cfg: DictConfig, data: "Data") -> "Classification":
-        return cls(label_smoothing=cfg.regularization.label_smoothing)
+        refuse_other_options(cfg.dataset, "classification")
+        classes = data.extras.get("classes")
+        return cls(label_smoothing=cfg.regularization.label_smoothing,
+                   num_classes=len(classes) if classes else int(cfg.dataset.num_outputs))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)

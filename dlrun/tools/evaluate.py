@@ -13,8 +13,10 @@ keep the run's values. Other data is evaluated whole (`--split all`) unless `--s
 otherwise; images are decoded at the model's channels and size, CSV rows go through the run's
 fitted encoder, and classes (a language model's tokens) are matched by name.
 
-Each evaluation writes `<run dir>/eval/<time>/`: metrics.json, the task's files (dlrun.tools.outputs)
-and TensorBoard events.
+Each evaluation writes `<run dir>/eval/<time>/` (`--out DIR`: `DIR/<time>/`, e.g. for a run on
+read-only storage): metrics.json, the task's files (dlrun.tools.outputs) and TensorBoard events.
+The metrics are printed before anything is written, so a folder that cannot be written loses
+nothing but the files (the error names the path and suggests --out).
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ from dlrun.atomic import write_json
 from dlrun.config import validate
 from dlrun.config.messages import describe_error
 from dlrun.data.build import Data, Loader, build_data
+from dlrun.data.card import DataCard
 from dlrun.data.files import FileLoader
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
 from dlrun.engine.loop import evaluate
-from dlrun.errors import ConfigError, DataError
+from dlrun.errors import ConfigError, DataError, StorageError
 from dlrun.tasks import build_task
 from dlrun.tools.command import add_run_arguments, tool_main
 from dlrun.tools.loaded_run import LoadedRun, load_run
@@ -48,6 +51,7 @@ from dlrun.tools.outputs import OutputOptions, outputs_for
 
 SPLITS = ("test", "val", "train", "all")
 CSV_LOADER = "dlrun.data.tabular.load_csv"
+LABELLED_LOADERS = (CSV_LOADER, "dlrun.data.image_folder.load_image_folder")  # they take `classes` to index by
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -61,14 +65,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--prefix", default=None, help="language model: the text to continue (default: the run's "
                         "dataset.sample_prefix)")
     parser.add_argument("--length", type=int, default=50, help="language model: tokens to generate (default 50)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="write the evaluation into DIR/<time>/ instead of <run dir>/eval/<time>/ (a run on "
+                        "read-only storage)")
     args = parser.parse_args(argv)
     tool_main("dlrun-eval", lambda: evaluate_run(args.run_dir, args.overrides, args.checkpoint, args.split,
-                                                 args.device, OutputOptions(prefix=args.prefix, length=args.length)))
+                                                 args.device, OutputOptions(prefix=args.prefix, length=args.length),
+                                                 out=args.out))
 
 
 def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best", split: Optional[str] = None,
-                 device: Optional[str] = None, options: OutputOptions = OutputOptions()) -> dict[str, Any]:
-    """Evaluate and write `<run dir>/eval/<time>/`; return what metrics.json holds.
+                 device: Optional[str] = None, options: OutputOptions = OutputOptions(),
+                 out: Optional[Path] = None) -> dict[str, Any]:
+    """Evaluate, print the metrics and write `<run dir>/eval/<time>/` (or `<out>/<time>/`); return what
+    metrics.json holds. A folder that cannot be written is a StorageError naming it, after the metrics show.
 
     The loop is training's own `evaluate`; the task's outputs (dlrun.tools.outputs) see every batch.
     """
@@ -80,27 +90,33 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best", 
     if len(loader) == 0:
         raise DataError(f"the {split} split of this data is empty; choose another with --split")
     _check_input_shape(loader, trained)
-    # The task scores in the model's classes: `_matched` turns the data's class indices into the model's.
-    task = build_task(cfg, replace(data, extras={**data.extras, "classes": trained.card.classes})
-                      if trained.card.classes else data)
+    # The task scores in the model's classes (`_matched` turns the data's class indices into the model's) and
+    # in the model's target units (the training split's mean and std, not this data's).
+    task = build_task(cfg, replace(data, extras={**data.extras, **model_targets(trained.card)}))
     outputs = outputs_for(trained.card, options)
     batches = _matched(with_progress(loader, len(loader), f"evaluating {split}"), cfg, data, trained)
     metrics = {f"{split}/{name}": value
                for name, value in evaluate(trained.model, batches, task, trained.precision,
                                            observe=outputs.update).items()}
 
-    folder = _new_folder(Path(run_dir) / "eval")
-    with SummaryWriter(log_dir=str(folder)) as writer:
-        for name, value in metrics.items():
-            writer.add_scalar(name, value, trained.epoch)
-        extra = outputs.finish(folder, writer, trained.model, task)
-    result = {"run_dir": str(run_dir), "folder": str(folder), "checkpoint": str(trained.checkpoint),
-              "epoch": trained.epoch, "split": split, "overrides": list(overrides), "examples": loader.num_examples,
-              "metrics": metrics, **extra}
-    write_json(folder / "metrics.json", result)
     examples = (f"all {loader.num_examples} examples" if split == "all"
                 else f"the {split} split ({loader.num_examples} examples)")
-    _show(f"{examples} with {trained.checkpoint.name} of epoch {trained.epoch}", metrics, outputs.tables(), folder)
+    _show_metrics(f"{examples} with {trained.checkpoint.name} of epoch {trained.epoch}", metrics)
+    parent = Path(out) if out is not None else Path(run_dir) / "eval"
+    try:
+        folder = _new_folder(parent)
+        with SummaryWriter(log_dir=str(folder)) as writer:
+            for name, value in metrics.items():
+                writer.add_scalar(name, value, trained.epoch)
+            extra = outputs.finish(folder, writer, trained.model, task)
+        result = {"run_dir": str(run_dir), "folder": str(folder), "checkpoint": str(trained.checkpoint),
+                  "epoch": trained.epoch, "split": split, "overrides": list(overrides),
+                  "examples": loader.num_examples, "metrics": metrics, **extra}
+        write_json(folder / "metrics.json", result)
+    except OSError as error:
+        raise StorageError(f"cannot write {error.filename or parent} ({error.strerror}); the metrics above are "
+                           "not saved: write the evaluation elsewhere with --out DIR") from error
+    _show_rest(outputs.tables(), folder)
     return result
 
 
@@ -159,10 +175,22 @@ def _recorded_overrides(run_dir: Path) -> Optional[list[str]]:
     return None
 
 
+def model_targets(card: DataCard) -> dict[str, Any]:
+    """What the task takes from the run rather than from the data: its class names, its targets' scale."""
+    extras: dict[str, Any] = {"classes": card.classes} if card.classes else {}
+    if card.task == "regression":
+        extras.update(target_scale=card.scale().state(), target_names=card.target_names)
+    return extras
+
+
 def _fit_to_model(cfg: DictConfig, trained: LoadedRun, given: set[str]) -> None:
-    """Other data is read as the model reads: images at its channels and size, CSV rows through its encoder."""
+    """Other data is read as the model reads: images at its channels and size, CSV rows through its encoder,
+    labels by the model's class names."""
     card = trained.card
     dataset = cfg.dataset
+    if card.classes and card.task != "detection" and dataset.get("_target_") in LABELLED_LOADERS:
+        dataset.classes = list(card.classes)
+        dataset.num_outputs = 1 if card.task == "binary" else len(card.classes)  # the model's, not this data's
     if card.inputs == "image":
         channels, height, width = card.input_shape
         if "channels" in dataset and "dataset.channels" not in given:
@@ -245,7 +273,7 @@ def _new_folder(parent: Path) -> Path:
     raise FileExistsError(f"no free folder name under {parent}")
 
 
-def _show(what: str, metrics: dict[str, float], tables: list[Table], folder: Path) -> None:
+def _show_metrics(what: str, metrics: dict[str, float]) -> None:
     console.print(f"evaluated: {what}", soft_wrap=True)
     table = Table()
     table.add_column("metric")
@@ -253,6 +281,9 @@ def _show(what: str, metrics: dict[str, float], tables: list[Table], folder: Pat
     for name, value in metrics.items():
         table.add_row(name, f"{value:.6g}")
     console.print(table)
+
+
+def _show_rest(tables: list[Table], folder: Path) -> None:
     for extra in tables:
         console.print(extra)
     console.print(f"evaluation written to {folder}", soft_wrap=True)

@@ -29,6 +29,7 @@ from torch import nn
 
 from dlrun.atomic import write_json
 from dlrun.data.card import DataCard
+from dlrun.data.targets import TargetUnits
 from dlrun.errors import ConfigError, DlrunError
 from dlrun.tools.command import add_run_arguments, tool_main
 from dlrun.tools.loaded_run import load_run
@@ -63,7 +64,7 @@ def export_run(run_dir: Path, fmt: str, checkpoint: str = "best", out: Optional[
     folder = Path(out) if out is not None else Path(run_dir) / "export"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / FORMATS[fmt]
-    model = trained.model.float().eval()
+    model = in_target_units(trained.model.float().eval(), card)
     if card.task == "detection" and _complete_detector(model):
         raise ConfigError("dlrun-export writes models whose output is one tensor; this run's detector "
                           f"({type(model).__name__}) returns boxes, scores and labels per image: export its "
@@ -93,6 +94,13 @@ def example_input(card: DataCard, batch: int, seed: int) -> torch.Tensor:
     if card.inputs == "image":
         return torch.rand(shape, generator=generator)
     return torch.randn(shape, generator=generator)
+
+
+def in_target_units(model: nn.Module, card: DataCard) -> nn.Module:
+    """The model a user of the file runs: a regression model trained on standardised targets with its outputs
+    brought back to the targets' units inside it (TargetUnits), so nothing is left to undo."""
+    scale = card.scale()
+    return TargetUnits(model, scale).eval() if card.task == "regression" and scale.standardized else model
 
 
 def _complete_detector(model: nn.Module) -> bool:
@@ -178,7 +186,12 @@ def describe(card: DataCard, fmt: str, path: Path, checkpoint: Path, epoch: int,
     tokens = card.inputs == "tokens"
     input_shape = ["batch", "steps"] if tokens else ["batch", *card.input_shape]
     outputs = {"classification": "logits per class (softmax gives probabilities; classes in this order)",
-               "regression": "the predicted value (the target's own units)",
+               "binary": f"one logit (sigmoid gives the probability of {card.classes[-1] if card.classes else '1'}; "
+                         f"predict it at probability >= threshold)",
+               "multilabel": "one logit per label (sigmoid gives each label's probability; labels in the order of "
+                             "classes; a label applies at probability >= threshold)",
+               "regression": "the predicted value, one per target (targets), in the target's own units: the "
+                             "standardisation of training (target_scale) is undone inside the model",
                "language_model": "logits over the vocabulary for every step",
                "detection": "per anchor: class logits (background first, then the classes in order) and 4 box "
                             "offsets from the anchor (see decoding)"}.get(card.task, "the model's outputs")
@@ -194,6 +207,9 @@ def describe(card: DataCard, fmt: str, path: Path, checkpoint: Path, epoch: int,
         "encoder": card.encoder,
         "vocabulary": card.vocabulary,
         "log_target": card.log_target,
+        "targets": card.target_names,
+        "target_scale": card.target_scale,
+        "threshold": card.threshold if card.task in ("binary", "multilabel") else None,
         "checkpoint": str(checkpoint),
         "epoch": epoch,
         "torch": torch.__version__,

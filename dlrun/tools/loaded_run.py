@@ -24,6 +24,7 @@ from dlrun.engine.precision import Precision
 from dlrun.errors import CheckpointError
 from dlrun.models import build_model
 from dlrun.run.checkpoint import BEST, LAST, load_checkpoint
+from dlrun.run.kfold import REFIT_DIR
 
 log = logging.getLogger("dlrun")
 CHECKPOINTS = {"best": BEST, "last": LAST}
@@ -44,7 +45,7 @@ class LoadedRun:
 def load_run(run_dir: Path, which: str = "best", device: Optional[str] = None) -> LoadedRun:
     """The run at `run_dir` with its `which` checkpoint's weights (best.pt falls back to last.pt, as
     training's own test does when no epoch improved); `device` overrides the run's device.type."""
-    run_dir = Path(run_dir)
+    run_dir = _model_dir(Path(run_dir))
     path = _checkpoint_path(run_dir, which)
     state = load_checkpoint(path)
     config = validate(OmegaConf.create(state["config"]))
@@ -52,6 +53,8 @@ def load_run(run_dir: Path, which: str = "best", device: Optional[str] = None) -
         config.device.type = device
     configure_backends(config.device)
     chosen = select_device(config.device.type)
+    if config.model.get("weights"):  # the checkpoint's weights replace those training started from
+        config.model.weights = None
     model = build_model(config.model, config.regularization.dropout)
     try:
         model.load_state_dict(state["model"])
@@ -74,6 +77,15 @@ def read_card(run_dir: Path, config: DictConfig) -> DataCard:
     return DataCard.from_data(config, config.dataset.task, load_splits(config.dataset).extras)
 
 
+def _model_dir(run_dir: Path) -> Path:
+    """The run directory whose model is used: a K-fold run's refit on every training row when it has one."""
+    refit = run_dir / REFIT_DIR
+    if not (run_dir / "checkpoints").is_dir() and (refit / "checkpoints").is_dir():
+        log.info("%s is a K-fold run: using its refit on every training row, %s", run_dir, refit)
+        return refit
+    return run_dir
+
+
 def _checkpoint_path(run_dir: Path, which: str) -> Path:
     if not run_dir.is_dir():
         raise CheckpointError(f"no run directory at {run_dir}")
@@ -81,7 +93,8 @@ def _checkpoint_path(run_dir: Path, which: str) -> Path:
     if not folder.is_dir():
         folds = sorted(run_dir.glob("fold_*/checkpoints"))
         if folds:
-            raise CheckpointError(f"{run_dir} is a K-fold run: use one fold's directory, e.g. {folds[0].parent}")
+            raise CheckpointError(f"{run_dir} is a K-fold run without a refit (trainer.kfold_refit=true): use one "
+                                  f"fold's directory, e.g. {folds[0].parent}")
         raise CheckpointError(f"{run_dir} has no checkpoints/ folder: is it a dlrun run directory?")
     path = folder / CHECKPOINTS[which]
     if which == "best" and not path.exists() and (folder / LAST).exists():

@@ -3,7 +3,11 @@
 The input is read as the run's model takes it (data.json, dlrun.data.card):
 
 - image models: a folder of images (flat or nested; hidden files and non-images ignored) or one
-  image file, decoded at the model's channels and size; the id is the path relative to the folder;
+  image file, decoded at the model's channels and size; the id is the path relative to the folder.
+  Or a CSV listing image paths (Kaggle's test.csv): one row per CSV row, in its order, keyed by
+  `--id-column` (default: the first column); the paths are in `--image-column` (default: the
+  first column whose first value is an image file), relative to the CSV's folder or to the
+  training's `dataset.root`;
 - tabular models: a CSV of feature columns (any order, extra columns ignored), encoded by the
   encoder fitted at training time; the id is `--id-column`, else the row number;
 - language models: a text prefix, continued by `--length` tokens.
@@ -12,12 +16,18 @@ Detection runs write one row per box scoring `--min-score` or more (dlrun.tools.
 class, score, corners as fractions of the image) and, with `--draw <folder>`, the images with
 their boxes drawn.
 
-The CSV holds the id column and `prediction` (renamed by `--target-name`): the class name, or
-the regressed value; `--probs` adds a probability column per class. Inputs go through the model
-in batches on the run's device, with a progress bar in a terminal. So d2l's house-prices chapter
-ends with:
+The CSV holds the id column and the prediction under the training target's name (`--target-name`
+renames it; `prediction` when the training data named none): the class name, the regressed value
+in the target's units (one column per target), the positive or negative class name (binary), or
+the labels that apply, space-separated (multilabel). `--probs` adds a probability column per class
+(binary: the positive class's; multilabel: each label's). Inputs go through the model in batches
+on the run's device, with a progress bar in a terminal. So d2l's house-prices chapter ends with:
 
-    dlrun-predict outputs/<run> test.csv --id-column Id --target-name SalePrice --out submission.csv
+    dlrun-predict outputs/<run> test.csv --id-column Id --out submission.csv
+
+and Kaggle's Classify Leaves (a test.csv of image paths) with:
+
+    dlrun-predict outputs/<run> leaves/test.csv --out submission.csv
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from dlrun.report.console import console, with_progress
 from rich.table import Table
 
 from dlrun.atomic import atomic_write
+from dlrun.data.card import DataCard
 from dlrun.data.files import FileLoader, FileSplit
 from dlrun.data.image_folder import default_workers, images_under
 from dlrun.data.images import is_image_file
@@ -51,14 +62,18 @@ Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (inputs, their row numb
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="dlrun-predict", description=__doc__.split("\n\n")[0])
     add_run_arguments(parser)
-    parser.add_argument("input", help="a folder of images or an image file, a CSV of feature columns, "
-                        "or a text prefix (language models)")
+    parser.add_argument("input", help="a folder of images, an image file or a CSV of image paths; a CSV of "
+                        "feature columns; or a text prefix (language models)")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="the CSV to write "
                         "(default: predictions.csv)")
     parser.add_argument("--id-column", default=None, help="CSV input: the column copied as the id (default: row "
-                        "numbers)")
-    parser.add_argument("--target-name", default="prediction", help="name of the prediction column, e.g. SalePrice")
-    parser.add_argument("--probs", action="store_true", help="classification: add a probability column per class")
+                        "numbers for feature rows, the first column for image paths)")
+    parser.add_argument("--image-column", default=None, help="CSV of image paths: the column that holds them "
+                        "(default: the first whose first value is an image file)")
+    parser.add_argument("--target-name", default=None, help="name of the prediction column (default: the training "
+                        "target's name, else prediction)")
+    parser.add_argument("--probs", action="store_true", help="classification, binary, multilabel: add a probability "
+                        "column per class (label)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's trainer.batch_size")
     parser.add_argument("--length", type=int, default=50, help="language models: tokens to generate (default 50)")
     parser.add_argument("--min-score", type=float, default=0.5, help="detection: the boxes written score this or "
@@ -83,17 +98,18 @@ def predict_run(args: argparse.Namespace) -> Path:
         raise ConfigError(f"--draw needs a detection run; this run's task is {card.task}")
     outputs = outputs_for(card, OutputOptions(probs=args.probs, length=args.length,
                                                          min_score=args.min_score, draw=args.draw))
-    if args.probs and card.task != "classification":
-        raise ConfigError(f"--probs needs a classification run; this run's task is {card.task}")
+    if args.probs and card.task not in ("classification", "binary", "multilabel"):
+        raise ConfigError(f"--probs needs a classification, binary or multilabel run; this run's task is {card.task}")
     batch_size = args.batch_size or trained.config.trainer.batch_size
-    if args.id_column is not None and args.id_column == args.target_name:
-        raise ConfigError(f"--target-name {args.target_name!r} is also the id column; choose another name")
+    target_name = _target_name(args.target_name, outputs.columns(), card)
     if card.inputs == "tokens":
         text = outputs.generate(trained.model, args.input, args.length)
         console.print(text, markup=False, soft_wrap=True)
         id_name, ids, rows = "prefix", [args.input], [{"prediction": text}]
     else:
-        if card.inputs == "image":
+        if card.inputs == "image" and Path(args.input).suffix.lower() == ".csv":
+            id_name, ids, batches, total = _image_table(Path(args.input), trained, batch_size, args)
+        elif card.inputs == "image":
             id_name, ids, batches, total = _images(Path(args.input), trained, batch_size, args.skip_bad_files)
         elif card.inputs == "table":
             id_name, ids, batches, total = _table_rows(Path(args.input), trained, batch_size, args.id_column)
@@ -101,9 +117,22 @@ def predict_run(args: argparse.Namespace) -> Path:
             raise DataError(f"this model takes {card.inputs} inputs of shape {card.input_shape}; dlrun-predict "
                             "reads images, CSV rows and text prefixes")
         ids, rows = _predict(trained, outputs, ids, with_progress(batches, total, "predicting"))
-    path = _write_csv(args.out, id_name, ids, rows, outputs.columns(), args.target_name)
-    _show(path, id_name, ids, rows, args.target_name)
+    if id_name == target_name:
+        raise ConfigError(f"the prediction column {target_name!r} is also the id column; choose another name with "
+                          "--target-name")
+    path = _write_csv(args.out, id_name, ids, rows, outputs.columns(), target_name)
+    _show(path, id_name, ids, rows, target_name)
     return path
+
+
+def _target_name(given: Optional[str], columns: list[str], card: DataCard) -> str:
+    """The name of the prediction column: --target-name, else the training target's (one column), else prediction."""
+    if "prediction" not in columns:  # several regression targets: a column each, under their own names
+        if given is not None:
+            raise ConfigError(f"--target-name names one column; this run predicts {len(columns)} targets, written "
+                              f"under their own names ({', '.join(columns)})")
+        return "prediction"
+    return given or card.prediction_names()[0]
 
 
 def _predict(trained: LoadedRun, outputs: Any, ids: list[str], batches: Batches) -> tuple[list[str], list[dict]]:
@@ -118,6 +147,39 @@ def _predict(trained: LoadedRun, outputs: Any, ids: list[str], batches: Batches)
     return kept, rows
 
 
+def _image_table(source: Path, trained: LoadedRun, batch_size: int,
+                 args: argparse.Namespace) -> tuple[str, list[str], Batches, int]:
+    """The images a CSV lists (Kaggle's test.csv), one per row in its order, keyed by the id column."""
+    header, rows = read_csv(source)
+    id_name = args.id_column or header[0]
+    for option, name in (("--id-column", id_name), ("--image-column", args.image_column)):
+        if name is not None and name not in header:
+            raise DataError(f"{option} {name!r} is not a column of {source}; columns: {', '.join(header)}")
+    root = trained.config.dataset.get("root")
+    bases = [source.parent] + ([Path(str(root)).expanduser()] if root else [])
+    column = header.index(args.image_column) if args.image_column else _image_column(header, rows[0], bases, source)
+    paths = [_located(row[column], bases, source, line) for line, row in enumerate(rows, start=2)]
+    ids = [row[header.index(id_name)] for row in rows]
+    return (id_name, ids, *_image_batches(paths, trained, batch_size, args.skip_bad_files))
+
+
+def _image_column(header: list[str], first: list[str], bases: list[Path], source: Path) -> int:
+    """The first column whose first value is an image file under one of `bases`."""
+    for column, value in enumerate(first):
+        if is_image_file(value) and any((base / value).is_file() for base in bases):
+            return column
+    raise DataError(f"{source}: no column's first value is an image file under {' or '.join(map(str, bases))} "
+                    f"(columns: {', '.join(header)}); name it with --image-column")
+
+
+def _located(value: str, bases: list[Path], source: Path, line: int) -> str:
+    """The image file `value` names: absolute, else relative to the CSV's folder, else to the training root."""
+    for base in bases:
+        if (base / value).is_file():  # an absolute `value` is itself
+            return str(base / value)
+    raise DataError(f"{source} line {line}: image {value!r} not found under {' or '.join(map(str, bases))}")
+
+
 def _images(source: Path, trained: LoadedRun, batch_size: int,
             skip_bad_files: bool) -> tuple[str, list[str], Batches, int]:
     """Image files under `source` (or the file itself), decoded by FileLoader as a streamed image folder is."""
@@ -129,8 +191,13 @@ def _images(source: Path, trained: LoadedRun, batch_size: int,
     elif source.is_file() and is_image_file(source.name):
         paths, ids = [str(source)], [source.name]
     else:
-        raise DataError(f"{source} is neither a folder of images nor an image file; this model takes images "
-                        f"{trained.card.input_shape}")
+        raise DataError(f"{source} is neither a folder of images, an image file nor a CSV of image paths; this "
+                        f"model takes images {trained.card.input_shape}")
+    return ("file", ids, *_image_batches(paths, trained, batch_size, skip_bad_files))
+
+
+def _image_batches(paths: list[str], trained: LoadedRun, batch_size: int, skip_bad_files: bool) -> tuple[Batches, int]:
+    """The images at `paths` in batches (with their row numbers), in order, decoded at the model's shape."""
     channels, height, width = trained.card.input_shape
     workers = default_workers() if len(paths) >= SMALL_INPUT else 0
     # The label of each file is its row number: the batches say which files they hold, also when bad ones are left out.
@@ -138,7 +205,7 @@ def _images(source: Path, trained: LoadedRun, batch_size: int,
                       skip_bad_files=skip_bad_files)
     loader = FileLoader(split, batch_size, device=trained.device, training=False,
                         transform=lambda batch: batch.float().div_(255))
-    return "file", ids, _with_own_advice(loader), len(loader)
+    return _with_own_advice(loader), len(loader)
 
 
 def _with_own_advice(loader: FileLoader) -> Batches:
@@ -183,7 +250,7 @@ def _show(path: Path, id_name: str, ids: list[str], rows: list[dict[str, Any]], 
     table.add_column(id_name)
     table.add_column(target_name)
     for identifier, row in list(zip(ids, rows))[:preview]:
-        value = row["prediction"]
+        value = row.get("prediction", next(iter(row.values()), ""))
         table.add_row(identifier, f"{value:.6g}" if isinstance(value, float) else str(value)[:80])
     console.print(table)
     console.print(f"predictions written to {path}", soft_wrap=True)

@@ -186,6 +186,7 @@ def dataset_overrides(tmp_path: Path) -> dict[str, list[str]]:
         "synthetic_linear": ["model=softmax"],
         "sine": ["model=mlp"],
         "diabetes": ["model=mlp"],
+        "breast_cancer": ["model=mlp"],
         "fashion_mnist": ["model=lenet", f"dataset.root={root}", "dataset.download=false"],
         "mnist": ["model=mlp", f"dataset.root={root}", "dataset.download=false"],
         "cifar10": ["model=lenet", f"dataset.root={root}", "dataset.download=false"],

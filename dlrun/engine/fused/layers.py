@@ -27,7 +27,7 @@ from torch import nn
 SHARED, MEMBER, FOLDED = "shared", "member", "folded"
 # Parameter-free layers that act on each element (or each channel's map) alone: any layout will do.
 ELEMENTWISE = (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus, nn.Identity,
-               nn.ReLU6, nn.Hardtanh, nn.Mish)
+               nn.ReLU6, nn.Hardtanh, nn.Mish, nn.CELU, nn.SELU, nn.Softsign)
 POOLING = (nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 

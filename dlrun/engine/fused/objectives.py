@@ -4,7 +4,9 @@
 own task (dlrun.tasks) computes for its outputs alone: the loss `[N]` (each member's mean over its
 batch, with its own label smoothing) and the batch statistics `[N, k]` that the epoch sums on the
 device. The members' `Task` objects turn the summed statistics into metrics, as in a solo run.
-Classification and regression are fused; other tasks run job by job.
+Classification is computed for all members at once; regression by each member's own task on its
+slice of the outputs (a few small operations per member: each member keeps its own target scale,
+loss and statistics exactly as its solo run computes them). Other tasks run job by job.
 """
 
 from __future__ import annotations
@@ -36,9 +38,8 @@ class MemberObjective:
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Each member's mean loss over its batch, `[N]` (`targets`: `[N, B, ...]`)."""
-        if not self.classification:
-            errors = F.mse_loss(outputs, targets.reshape(outputs.shape), reduction="none")
-            return errors.reshape(self.members, -1).mean(dim=1)
+        if not self.classification:  # each member's own task: its target scale, MSE or Huber, as its solo run
+            return torch.stack([task.loss(out, goal) for task, out, goal in zip(self.tasks, outputs, targets)])
         logits, labels = outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1)
         losses = None
         for value in self.smoothing_values:  # usually one value for the whole group
@@ -74,11 +75,8 @@ class MemberObjective:
         if self.classification:
             correct = (outputs.argmax(dim=-1) == targets).sum(dim=1, dtype=torch.float32)
             return torch.stack([as_float32(losses) * examples, correct, count], dim=1)
-        log_errors = torch.zeros(self.members, device=outputs.device)
-        if self.tasks[0].log_target:
-            predictions = outputs.float().reshape(targets.shape).clamp(min=1)
-            log_errors = (predictions.log() - targets.float().log()).square().reshape(self.members, -1).sum(dim=1)
-        return torch.stack([as_float32(losses) * examples, log_errors, count], dim=1)
+        return torch.stack([task.batch_stats(out, goal, loss)
+                            for task, out, goal, loss in zip(self.tasks, outputs, targets, losses)])
 
     def metrics(self, sums: list[list[float]]) -> list[dict[str, float]]:
         """Each member's metrics from its summed statistics, by its own task."""

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dlrun.data.card import DataCard
 from dlrun.tools.outputs.base import OutputOptions, TaskOutputs
+from dlrun.tools.outputs.binary import BinaryOutputs
 from dlrun.tools.outputs.classification import ClassificationOutputs
 from dlrun.tools.outputs.detection import DetectionOutputs
 from dlrun.tools.outputs.language_model import LanguageModelOutputs
+from dlrun.tools.outputs.multilabel import MultilabelOutputs
 from dlrun.tools.outputs.regression import RegressionOutputs
 
-OUTPUTS: dict[str, type[TaskOutputs]] = {"classification": ClassificationOutputs, "regression": RegressionOutputs,
+OUTPUTS: dict[str, type[TaskOutputs]] = {"classification": ClassificationOutputs, "binary": BinaryOutputs,
+                                         "multilabel": MultilabelOutputs, "regression": RegressionOutputs,
                                          "language_model": LanguageModelOutputs, "detection": DetectionOutputs}
 
 

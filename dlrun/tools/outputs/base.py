@@ -29,7 +29,7 @@ from dlrun.tasks import Task
 
 @dataclass(frozen=True)
 class OutputOptions:
-    probs: bool = False  # prediction: a probability column per class
+    probs: bool = False  # prediction: a probability column per class (binary: the positive one; multilabel: label)
     prefix: Optional[str] = None  # language model: the text to continue (None: the run's sample prefix)
     length: int = 50  # language model: tokens to generate
     wrong_examples: int = 16  # classification of images: how many confidently wrong examples to draw
