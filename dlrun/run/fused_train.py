@@ -39,6 +39,7 @@ from dlrun.report.console import Console
 from dlrun.report.metrics_log import MetricsLog
 from dlrun.run import attempt as attempts
 from dlrun.run import checkpoint
+from dlrun.run.admission import record_refusal
 from dlrun.run.attempt import planned_epochs
 from dlrun.run.fused_fit import run_together, stack
 from dlrun.run.fused_jobs import MemberJob
@@ -110,6 +111,9 @@ def begin(member: Member, stop: StopSignals) -> bool:
             start(member)
     except Exception as error:  # its own bad input (a checkpoint that does not fit), or worse: the others go on
         log.error("job %d: %s", job.number, error if isinstance(error, DlrunError) else f"{type(error).__name__}: {error}")
+        if member.attempt is None:  # refused before it had a status.json: say why in its own empty directory
+            with job.current():
+                record_refusal(job.run_dir, error, job.task_cfg)
         member.end(FAILED, error)
         return False
     return True
