@@ -45,6 +45,7 @@ def main() -> None:
     wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv += processes.follower_overrides()
+    _register_fused_launcher()
     # Errors of the jobs this process ran. Kept here rather than raised through Hydra, which
     # would print its own report and, in a multirun, stop the sweep at the first failure.
     failures: list[BaseException] = []
@@ -83,6 +84,20 @@ def main() -> None:
         return
     if failures:
         _exit_for_failures(failures)
+
+
+def _register_fused_launcher() -> None:
+    """Make `hydra/launcher=fused` (dlrun's launcher plugin) known to Hydra in an editable install too.
+
+    Hydra finds plugins by scanning the `hydra_plugins` namespace package with pkgutil; the import
+    hook of a setuptools editable install (`pip install -e .`, what `make` does) does not list its
+    namespace packages to pkgutil, so the scan misses the launcher there. Importing the module
+    registers its config (ConfigStore), and `Plugins.register` its class (Hydra's scan runs anyway).
+    """
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.dlrun_fused_launcher.fused_launcher import FusedLauncher
+
+    Plugins.instance().register(FusedLauncher)
 
 
 def _exit_for_sweep(summary: SweepSummary) -> None:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from dlrun.atomic import claim_directory, write_json
 from dlrun.data.card import write_card
-from dlrun.engine.compiling import compile_report, compile_seconds
+from dlrun.engine.compiling import compile_seconds
 from dlrun.engine.device import describe_threads
 from dlrun.engine.distributed import Ranks
 from dlrun.engine.loop import evaluate, train_one_epoch
@@ -35,7 +35,8 @@ from dlrun.report.metrics_log import MetricsLog, NoMetricsLog
 from dlrun.run import attempt as attempts
 from dlrun.run import checkpoint, kfold
 from dlrun.run.attempt import Attempt, job_number, planned_epochs
-from dlrun.run.run_dir import SUMMARY_FILE, environment
+from dlrun.run.run_dir import SUMMARY_FILE
+from dlrun.run.run_summary import run_summary
 from dlrun.run.save_points import SavePoints, SaveSchedule
 from dlrun.run.status import RunStatus
 from dlrun.run.stop_signals import StopSignals
@@ -141,7 +142,7 @@ def train(cfg: DictConfig, run_dir: Path, fold: Optional[int] = None, resume_fro
         metrics_log.write(progress.epoch, results)
         if ranks.is_main:
             hparams.write_hparams(metrics_log.writer, hparams.run_hparams(cfg), results)
-    summary = _summary(cfg, training, progress, test_metrics, results["run/duration_s"], model_summary)
+    summary = run_summary(cfg, training, progress, test_metrics, results["run/duration_s"], model_summary)
     if ranks.is_main:
         write_json(run_dir / SUMMARY_FILE, summary)
         write_run_curves(run_dir, training.trainer.task.metric)  # curves.png
@@ -247,32 +248,6 @@ def _log_epoch(training: Training, metrics_log: MetricsLog, epoch: int, history:
         metrics_log.write_text(tag, text, epoch)
     for tag, image in (trainer.task.epoch_images(training.model) if is_main else {}).items():
         metrics_log.write_image(tag, image, epoch)
-
-
-def _summary(cfg: DictConfig, training: Training, progress: TrainingProgress, test_metrics: dict[str, float],
-             duration: float, model_summary: ModelSummary) -> dict[str, Any]:
-    """What summary.json holds."""
-    ranks = training.trainer.ranks
-    return {
-        "status": "completed",
-        "epochs_completed": progress.epoch,
-        "monitor": training.monitor,
-        "mode": training.trainer.task.mode,
-        "best_epoch": progress.best_epoch,
-        "best_value": progress.best_value,
-        "stopped_early": progress.stopped_early,  # the epoch early stopping ended the run, or null
-        "final": progress.history,
-        "test": test_metrics,  # empty without a test split
-        "examples": {split: len(getattr(training.data, split).split) for split in ("train", "val", "test")},
-        "duration_s": duration,
-        "device": str(training.device),
-        "world_size": ranks.world,  # processes that trained it; each took batch_size_per_rank of every batch
-        "batch_size_per_rank": cfg.trainer.batch_size // ranks.world,
-        "model": {"params": model_summary.total_params, "flops_per_example": model_summary.flops},
-        "resumed_from": progress.resumed_from,
-        "compile": compile_report(training.net),  # null when device.compile=false
-        "environment": environment(),
-    }
 
 
 def _prefixed(split: str, metrics: dict[str, float]) -> dict[str, float]:

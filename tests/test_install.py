@@ -50,3 +50,16 @@ def test_wheel_ships_configs_and_runs_elsewhere(tmp_path):
         [sys.executable, "-c", "import dlrun; print(dlrun.__file__)"], cwd=elsewhere, env=env,
         capture_output=True, text=True).stdout
     assert list((elsewhere / "outputs").glob("*/*/summary.json"))
+
+    # The fused launcher ships in Hydra's plugin namespace (no __init__.py there: other plugins share it),
+    # where Hydra's own scan finds it in a non-editable install, and a sweep runs through it.
+    assert (target / "hydra_plugins" / "dlrun_fused_launcher" / "fused_launcher.py").is_file()
+    assert not (target / "hydra_plugins" / "__init__.py").exists()
+    scan = subprocess.run([sys.executable, "-c", "from hydra.core.plugins import Plugins; "
+                           "print(sorted(Plugins.instance().class_name_to_class))"], cwd=elsewhere, env=env,
+                          capture_output=True, text=True)
+    assert "hydra_plugins.dlrun_fused_launcher.fused_launcher.FusedLauncher" in scan.stdout, scan.stderr
+    fused = subprocess.run([sys.executable, "-m", "dlrun", "-m", "hydra/launcher=fused", "seed=0,1", "debug=smoke"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert fused.returncode == 0, fused.stderr
+    assert "fused launcher: jobs 0,1 as one stacked model" in fused.stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from sklearn.metrics import f1_score, mean_absolute_error, r2_score, roc_auc_score

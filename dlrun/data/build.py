@@ -8,13 +8,15 @@ In-memory splits (`TensorSplit`) move to the training device and are batched the
 
 from __future__ import annotations
 
+import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dlrun.config.build import instantiate_group
 from dlrun.data.augment import AUGMENTS, build_augment
@@ -52,8 +54,29 @@ class Data:
 
 
 def load_splits(dataset_cfg: DictConfig) -> DataSplits:
-    """Call the dataset's loader with its own keys (the meta keys are dlrun's)."""
-    return instantiate_group(dataset_cfg, "dataset")
+    """Call the dataset's loader with its own keys (the meta keys are dlrun's); inside `loading_once`, a dataset
+    config already loaded there is not loaded again."""
+    if _loaded is None:
+        return instantiate_group(dataset_cfg, "dataset")
+    key = json.dumps(OmegaConf.to_container(dataset_cfg, resolve=True), sort_keys=True, default=str)
+    if key not in _loaded:
+        _loaded[key] = instantiate_group(dataset_cfg, "dataset")
+    return _loaded[key]
+
+
+_loaded: Optional[dict[str, DataSplits]] = None
+
+
+@contextmanager
+def loading_once() -> Iterator[None]:
+    """Runs built inside load each distinct dataset config once (the members of a fused sweep group: reading and
+    decoding files is the slow part; each run still splits and places its own copy)."""
+    global _loaded
+    _loaded = {}
+    try:
+        yield
+    finally:
+        _loaded = None
 
 
 def build_data(cfg: DictConfig, device: torch.device, shuffle_generator: torch.Generator,

@@ -41,6 +41,10 @@ class HeldLog(logging.FileHandler):
         elif len(self.held) < MAX_HELD:
             self.held.append(record)
 
+    def opens_now(self) -> bool:
+        """Whether the attempt being accepted is this handler's (a fused sweep holds one handler per job)."""
+        return True
+
     def open_in(self, folder: Path) -> None:
         """Write to `<folder>/<file name>` (appending to what earlier attempts wrote), the held records first."""
         self.acquire()
@@ -61,7 +65,8 @@ def write_into(run_dir: Path, cfg: Optional[DictConfig]) -> None:
     `cfg` is the job's config as Hydra passed it (unresolved, as Hydra saves it); None: no .hydra/.
     """
     for handler in _held_logs():
-        handler.open_in(run_dir)
+        if handler.opens_now():
+            handler.open_in(run_dir)
     if cfg is not None and HydraConfig.initialized():
         _write_hydra_files(Path(run_dir) / HYDRA_SUBDIR, cfg)
 
