@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # Reinstall only when the package description changes; sources are installed editable.
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test install clean signatures
 
 run: $(STAMP)
 	$(BIN)/dlrun $(ARGS)
@@ -18,6 +18,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
+
+# After changing a group option's `_target_` or its signature: the table the config checks read (no torch import).
+signatures: $(STAMP)
+	$(BIN)/python -c "from dlrun.config.signatures import main; main(['--write'])"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

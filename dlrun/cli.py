@@ -54,6 +54,7 @@ def main() -> None:
         """Run one job; return its best validation value (what `hydra/sweeper=optuna` optimizes), NaN if it failed."""
         try:
             with held():  # until the run handles stop signals itself: they stop it before it writes anything
+                _check_before_imports(cfg)  # a bad config is reported before torch is imported
                 from dlrun.train import run  # imported here so `--help` and shell completion stay quick
 
                 best = run(cfg)["best_value"]
@@ -107,13 +108,26 @@ def _exit_for_sweep(summary: SweepSummary) -> None:
 
 
 def _exit_for_failures(failures: list[BaseException]) -> None:
-    from dlrun.config.messages import describe_error, exit_code
+    from dlrun.config.hints import describe_command_error
+    from dlrun.config.messages import exit_code
     from dlrun.errors import ReportedByMain, find_cause
     from dlrun.run import processes
 
     follower = processes.environment_rank() != 0
+    overrides = [argument for argument in sys.argv[1:] if not argument.startswith("-")]  # names the chosen options
     for error in failures:
         # Bad input (exit code 2: config, checkpoint, data) is the same for every process: rank 0 says it.
         if not (follower and (exit_code(error) == 2 or find_cause(error, ReportedByMain))):
-            print(f"dlrun: error: {describe_error(error)}", file=sys.stderr)
+            print(f"dlrun: error: {describe_command_error(error, overrides)}", file=sys.stderr)
     sys.exit(exit_code(failures[0]))
+
+
+def _check_before_imports(cfg: DictConfig) -> None:
+    """The config's checks, before `dlrun.train` imports torch (seconds): a typo is reported at once."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from dlrun.run.admission import check_before_imports
+
+    check_before_imports(cfg, Path(HydraConfig.get().runtime.output_dir))

@@ -77,8 +77,10 @@ def find_cause(error: Optional[BaseException], kind: type[E]) -> Optional[E]:
     Resolvers, Hydra and OmegaConf wrap the errors they meet in their own, so the one to
     report may sit a few links down the chain.
     """
-    while error is not None:
+    seen: set[int] = set()  # a chain may loop (an error raised again while handling itself)
+    while error is not None and id(error) not in seen:
         if isinstance(error, kind):
             return error
+        seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from dlrun.atomic import claim_directory, write_json
 from dlrun.data.card import write_card
 from dlrun.engine.compiling import compile_seconds
+from dlrun.engine.device import describe_threads
 from dlrun.engine.distributed import Ranks
 from dlrun.engine.loop import evaluate, train_one_epoch
 from dlrun.engine.position import EpochPosition, TrainingProgress
@@ -232,7 +232,7 @@ def _show_start(training: Training, run_dir: Path, batch_size: int) -> ModelSumm
         with open(run_dir / "model_summary.txt", "w") as handle:
             console.Console(width=120, file=handle).print(summary.table())
     processes = f", {ranks.world} processes of batch {batch_size // ranks.world}" if ranks.distributed else ""
-    device_line = f"{training.device}, {torch.get_num_threads()} CPU threads{processes}"
+    device_line = f"{training.device}, {describe_threads()}{processes}"
     console.show_start(hparams.group_choices(), hparams.overrides(), device_line, summary.table())
     return summary
 

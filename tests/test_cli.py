@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -13,14 +14,24 @@ from conftest import DLRUN, only_run_dir, read_json, run_cli
 EPOCH_SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "lr", "examples_per_sec"}
 
 
+# What a run prints, piped: dlrun's own lines and tables, nothing from a library (a font cache, a warning).
+DLRUN_LINE = re.compile(r"^(config|changed|device|compile|run directory): |^epoch \d+/\d+  |^tensorboard --logdir "
+                        r"|^[┏┃┡│├└]|^ +(model|results) *$")
+
+
 def test_one_epoch_run_writes_a_self_describing_run_dir(tmp_path):
-    result = run_cli("trainer.epochs=1", "name=smoke", cwd=tmp_path)
+    # A fresh matplotlib config folder: its first use builds the font cache, which must not be announced.
+    result = run_cli("trainer.epochs=1", "name=smoke", cwd=tmp_path, env={"MPLCONFIGDIR": str(tmp_path / "mpl")})
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert [line for line in result.stdout.splitlines() if not DLRUN_LINE.match(line)] == []
+    assert "device: cpu, " in result.stdout and "compile: skipped — " in result.stdout
     run_dir = only_run_dir(tmp_path / "outputs")
     assert run_dir.name.endswith("_smoke")
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert (run_dir / ".hydra" / "overrides.yaml").is_file()
     assert (run_dir / "dlrun.log").read_text().count("epoch 1/1") == 1
+    assert "[dlrun.details][INFO] inputs: prepared once" in (run_dir / "dlrun.log").read_text()  # not on the console
     assert (run_dir / "model_summary.txt").read_text().count("Conv2d") == 2
 
     assert read_json(run_dir / "status.json")["status"] == "completed"

@@ -30,6 +30,7 @@ def test_auto_decides_no_for_a_smoke_run_and_yes_for_a_long_one():
     assert not decide(24, nothing_compiled).compile  # 0.5 s of training against a 40 s compile
     long = decide(200_000, nothing_compiled)  # 4000 s: an assumed 40 s compile is 1 %
     assert long.compile and "1.0 %" in long.reason
+    assert decide(24, nothing_compiled).says == "skipped — this run is too short to repay a ~40 s compile"
     assert not decide(20_000, nothing_compiled).compile  # 400 s: 10 % is too much to risk
     measured = Estimate(eager_step_s=0.02, compiled_step_s=0.011, compile_s=15.0)
     assert not decide(1_000, measured).compile  # saves 9 s: less than the compile
@@ -46,8 +47,9 @@ def test_a_smoke_run_stays_eager_and_records_its_step_time(cfg_for, tmp_path, ca
     with caplog.at_level(logging.INFO, logger="dlrun"):
         summary = run(cfg_for(*SMOKE, "trainer.epochs=2"), run_dir=tmp_path / "run")
     decisions = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compile:")]
-    assert decisions == ["compile: no: no eager step time measured yet for this model "
-                         "(the first epoch measures it)"]  # one line; epoch 2's "no" is not repeated
+    assert decisions == [  # in words on the console, in numbers in dlrun.log; epoch 2's "no" is not repeated
+        "compile: skipped — this run measures how long a step takes; later runs of this model decide from it",
+        "compile: no: no eager step time measured yet for this model (the first epoch measures it)"]
     assert summary["compile"]["compiled"] is False and summary["compile"]["compile_s"] == 0.0
     (signature, entry), = times.read().items()
     assert "[32, 1, 8, 8]" in signature and "amp=off" in signature  # batch shape and settings
@@ -67,6 +69,7 @@ def test_auto_compiles_when_measured_times_say_it_pays_and_reports_compile_time_
 
     log = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("compile: yes: 24 steps x (10000.00 - 1000.00) ms saves 216 s") for line in log)
+    assert "compile: on — it saves about 4 min over this run, against a 2 s compile" in log
     assert any(line.startswith("compiled in 0.") and "warm Inductor cache in " in line for line in log)
     report = summary["compile"]
     assert report["compiled"] is True and report["cache"] == "warm"

@@ -25,7 +25,8 @@ from dlrun.models.mlp import MLP
 from dlrun.run.fused_groups import group_key, solo_reason
 
 EPOCHS = 12  # 21 steps each on the digits: 252 steps
-TINY_MLP = ("model=mlp", "model.hidden=[32]", f"trainer.epochs={EPOCHS}", "device=cpu", "device.compile=false")
+TINY_MLP = ("model=mlp", "model.hidden=[32]", f"trainer.epochs={EPOCHS}", "device=cpu", "device.compile=false",
+            "device.num_threads=1")  # solo and fused alike on one thread (auto would choose by the load)
 
 
 @pytest.fixture

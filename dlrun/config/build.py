@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dlrun.config.schema import META_KEYS
+from dlrun.config.signatures import signature_of
 from dlrun.errors import ConfigError, DlrunError
 
 
@@ -40,8 +41,6 @@ def instantiate_group(group_cfg: DictConfig, group: str) -> Any:
 
 
 def is_metric_driven(target: Optional[str]) -> bool:
-    """Whether a scheduler `_target_` steps on a metric value (torch's ReduceLROnPlateau)."""
-    from torch.optim import lr_scheduler  # only when a scheduler is configured
-
-    factory = get_object(target) if target else None
-    return isinstance(factory, type) and issubclass(factory, lr_scheduler.ReduceLROnPlateau)
+    """Whether a scheduler `_target_` steps on a metric value (torch's ReduceLROnPlateau): from the
+    signature table (dlrun.config.signatures), so that no torch import is needed to tell."""
+    return bool(target) and signature_of(target)["metric_driven"]

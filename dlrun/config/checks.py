@@ -1,7 +1,8 @@
 """Checking a composed config before any compute: `validate` returns it typed, or raises one line.
 
 Fixed sections are typed by the schema's dataclasses (a typo'd key, a wrong type, a missing
-value). Group options are checked against their `_target_`'s signature: a key it does not
+value). Group options are checked against their `_target_`'s signature, as the table of
+dlrun.config.signatures records it (no import of the target, nor of torch): a key it does not
 accept, a required argument left out, a scalar of the wrong type (a number where the signature
 says float or int, also inside a union such as torch's `float | Tensor`). No number anywhere in
 the config may be infinite or NaN. Then each section's ranges and choices.
@@ -9,14 +10,9 @@ the config may be infinite or NaN. Then each section's ranges and choices.
 
 from __future__ import annotations
 
-import inspect
 import math
-import re
-import types
-import typing
 from typing import Any, Optional
 
-from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -24,6 +20,7 @@ from dlrun.config.build import is_metric_driven
 from dlrun.config.messages import describe_omegaconf_error, runtime_arg_message
 from dlrun.config.schema import (AMP_MODES, AUGMENT_CHOICES, COMPILE_MODES, DEDICATED_TASKS, DEVICE_TYPES,
                                  HOST_ALLOCATORS, META_KEYS, RUNTIME_ARGS, SCHEDULER_INTERVALS, TASK_KINDS, Config)
+from dlrun.config.signatures import PLAIN_TYPES, signature_of
 from dlrun.errors import ConfigError, DlrunError, find_cause
 
 
@@ -62,99 +59,51 @@ def _check_group(group: str, options: dict[str, Any]) -> None:
     if target is None:
         return  # e.g. scheduler=none
     try:
-        factory = get_object(target)
+        signature = signature_of(target)  # the stored table: no import of the target (nor torch)
     except Exception:
         raise ConfigError(f"{group}._target_: cannot import '{target}'") from None
-    parameters = inspect.signature(factory).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    parameters = signature["parameters"]
     given = {k for k in options if not k.startswith("_")} - META_KEYS[group]
     for key in sorted(given):
         if key in RUNTIME_ARGS[group]:
             raise ConfigError(runtime_arg_message(f"{group}.{key}"))
-        if key not in parameters and not accepts_any:
+        if key not in parameters and not signature["var_keyword"]:
             valid = sorted((set(parameters) - RUNTIME_ARGS[group]) | META_KEYS[group])
             raise ConfigError(f"unknown key '{group}.{key}'; valid keys for {target}: {', '.join(valid)}")
         if key in parameters:
-            _check_type(f"{group}.{key}", options[key], parameters[key].annotation, parameters[key].default)
+            _check_type(f"{group}.{key}", options[key], parameters[key])
     for name, parameter in parameters.items():
-        required = parameter.default is inspect.Parameter.empty and parameter.kind in (
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            inspect.Parameter.KEYWORD_ONLY,
-        )
-        if required and name not in given and name not in RUNTIME_ARGS[group]:
+        if parameter["required"] and name not in given and name not in RUNTIME_ARGS[group]:
             raise ConfigError(f"missing value for '{group}.{name}' (required by {target})")
 
 
-_PLAIN_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,),
-                "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
-
-
-def _check_type(key: str, value: Any, annotation: Any, default: Any = inspect.Parameter.empty) -> None:
-    """Check values whose annotation is a plain scalar type or a fixed-length tuple; others are the target's."""
-    length = _tuple_length(annotation)
+def _check_type(key: str, value: Any, parameter: dict[str, Any]) -> None:
+    """Check values whose annotation is a plain scalar type or a fixed-length tuple (`signatures.describe`);
+    others are the target's to check."""
+    length = parameter["length"]
     if length is not None and value is not None:
         if not isinstance(value, (list, tuple)) or len(value) != length:
-            example = (f", e.g. {key}=[{','.join(str(item) for item in default)}]"
-                       if isinstance(default, tuple) and len(default) == length else "")
+            example = parameter["example"]
+            example = f", e.g. {key}=[{','.join(str(item) for item in example)}]" if example else ""
             raise ConfigError(f"wrong value for '{key}': expected a list of {length} values{example}; got {value!r}")
-        element = _tuple_element(annotation)
         for index, item in enumerate(value):
-            if element is not None and _numeric(element) and not _is_number(item):
+            if parameter["element_number"] and not _is_number(item):
                 raise ConfigError(f"wrong type for '{key}[{index}]': expected a number, got {item!r}")
         return
-    if value is not None and _numeric(annotation) and not _is_number(value):
+    if value is not None and parameter["number"] and not _is_number(value):
         raise ConfigError(f"wrong type for '{key}': expected a number, got {value!r}")
-    accepted = _PLAIN_TYPES.get(annotation)
-    if accepted is None or value is None:
+    expected = parameter["type"]
+    if expected is None or value is None:
         return
+    accepted = PLAIN_TYPES[expected]
     if isinstance(value, bool) and bool not in accepted:
         accepted = ()
     if not isinstance(value, accepted):
-        expected = annotation if isinstance(annotation, str) else annotation.__name__
         raise ConfigError(f"wrong type for '{key}': expected {expected}, got {value!r}")
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _numeric(annotation: Any) -> bool:
-    """Whether the annotation asks for a number: float or int, alone or in a union with non-text types
-    (`float | Tensor`, `Optional[int]`); also written as a string (`from __future__ import annotations`)."""
-    if isinstance(annotation, str):
-        text = re.sub(r"^Optional\[(.*)\]$", r"\1", annotation.replace(" ", ""))
-        parts = set(text.split("|"))
-        return bool(parts & {"float", "int"}) and parts <= {"float", "int", "None", "Tensor", "torch.Tensor"}
-    if annotation in (int, float):
-        return True
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = [member for member in typing.get_args(annotation) if member is not type(None)]
-        return any(member in (int, float) for member in members) and not any(
-            member in (str, bool, typing.Any, object) or typing.get_origin(member) in (tuple, list, dict)
-            for member in members)
-    return False
-
-
-def _tuple_element(annotation: Any) -> Any:
-    """The type of every element of `tuple[X, X, ...]` when they all share one (None otherwise)."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        elements = {_tuple_element(member) for member in typing.get_args(annotation)} - {None}
-        return elements.pop() if len(elements) == 1 else None
-    arguments = typing.get_args(annotation)
-    if typing.get_origin(annotation) is tuple and arguments and len(set(arguments) - {Ellipsis}) == 1:
-        return arguments[0]
-    return None
-
-
-def _tuple_length(annotation: Any) -> Optional[int]:
-    """n for `tuple[X, Y, ...n types]` (also inside `Optional[...]` / `X | None`); None for anything else."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        lengths = {_tuple_length(member) for member in typing.get_args(annotation)} - {None}
-        return lengths.pop() if len(lengths) == 1 else None
-    arguments = typing.get_args(annotation)
-    if typing.get_origin(annotation) is tuple and arguments and Ellipsis not in arguments:
-        return len(arguments)
-    return None
 
 
 def _check_scheduler(scheduler: dict[str, Any]) -> None:
@@ -273,6 +222,8 @@ def _check_device(device: dict[str, Any]) -> None:
             raise ConfigError(f"device.{key}={device[key]!r} is not one of: auto, true, false")
     _require(device["float_cache_mb"] >= 0, "device.float_cache_mb", device["float_cache_mb"], "must be >= 0 (0 = off)")
     threads = device["num_threads"]
-    _require(threads is None or threads >= 1, "device.num_threads", threads, "must be >= 1 or null")
+    if not (threads is None or threads == "auto" or (_is_number(threads) and int(threads) == threads)):
+        raise ConfigError(f"device.num_threads={threads!r} is not one of: auto, a whole number >= 1, null")
+    _require(threads in (None, "auto") or threads >= 1, "device.num_threads", threads, "must be >= 1, auto or null")
     timeout = device["dist_timeout_min"]
     _require(timeout > 0, "device.dist_timeout_min", timeout, "must be > 0 (minutes)")

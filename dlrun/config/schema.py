@@ -60,7 +60,8 @@ class DeviceConfig:
     compile_mode: str = "default"
     cudnn_benchmark: bool = True
     deterministic: bool = False
-    num_threads: Optional[int] = None
+    # auto: the cores free for this run (dlrun.machine.choose_threads) | an integer | null: PyTorch's default
+    num_threads: Any = "auto"
     # Several processes (torchrun, a multi-task Slurm job): BatchNorm over the global batch (CUDA only),
     # and how long a process waits for the others at an exchange before the run fails.
     sync_batchnorm: bool = False

@@ -190,8 +190,9 @@ def _fits_float_cache(parts: dict[str, Union[TensorSplit, FileSplit]], prepare: 
     prepared = sum(prepared_bytes(part, prepare) for part in parts.values())
     stored = sum(part.inputs.numel() * part.inputs.element_size() for part in parts.values())
     fits = prepared <= budget_mb * 2**20
-    log.info("inputs: %s (%.0f MB prepared against %.0f MB as stored; device.float_cache_mb=%g)",
-             "prepared once" if fits else "prepared per batch", prepared / 1e6, stored / 1e6, budget_mb)
+    logging.getLogger("dlrun.details").info(  # dlrun.log only: no news to a learner on the console
+        "inputs: %s (%.0f MB prepared against %.0f MB as stored; device.float_cache_mb=%g)",
+        "prepared once" if fits else "prepared per batch", prepared / 1e6, stored / 1e6, budget_mb)
     return fits
 
 

@@ -36,6 +36,7 @@ from torch import nn
 from dlrun.atomic import atomic_write
 
 log = logging.getLogger("dlrun")
+details = logging.getLogger("dlrun.details")  # dlrun.log only (conf/hydra/job_logging)
 # Set DLRUN_COMPILE_CACHE to keep compiled kernels and step timings elsewhere (tests: a temporary folder).
 CACHE_VARIABLE = "DLRUN_COMPILE_CACHE"
 STATS_FILE = "step_times.json"
@@ -94,7 +95,11 @@ class Estimate:
 @dataclass
 class Decision:
     compile: bool
-    reason: str
+    reason: str  # the numbers behind it: dlrun.log and summary.json
+    says: str = ""  # the same in a sentence a learner reads on the console
+
+    def __post_init__(self) -> None:
+        self.says = self.says or self.reason
 
 
 def decide(planned_steps: int, estimate: Estimate) -> Decision:
@@ -106,22 +111,39 @@ def decide(planned_steps: int, estimate: Estimate) -> Decision:
     trying costs little; that run then measures the saving for the next ones.
     """
     if estimate.eager_step_s is None:
-        return Decision(False, "no eager step time measured yet for this model (the first epoch measures it)")
+        return Decision(False, "no eager step time measured yet for this model (the first epoch measures it)",
+                        "skipped — this run measures how long a step takes; later runs of this model decide from it")
     eager_run = planned_steps * estimate.eager_step_s
     cost = estimate.compile_s if estimate.compile_s is not None else UNMEASURED_COMPILE_S
     cost_text = f"{'measured' if estimate.compile_s is not None else 'assumed'} compile {cost:.1f} s"
+    compile_words = f"{'a ' if estimate.compile_s is not None else 'a ~'}{_seconds(cost)} compile"
     if estimate.compiled_step_s is None:
         share = cost / eager_run if eager_run > 0 else float("inf")
         verdict = share <= MAX_UNMEASURED_SHARE
         return Decision(verdict, f"{planned_steps} steps x {1e3 * estimate.eager_step_s:.2f} ms eager = "
                                  f"{eager_run:.3g} s; {cost_text} is {100 * share:.1f} % of it "
                                  f"({'<=' if verdict else '>'} {100 * MAX_UNMEASURED_SHARE:.0f} % with no "
-                                 "compiled step measured yet)")
+                                 "compiled step measured yet)",
+                        f"on — this run is long enough to repay {compile_words}" if verdict
+                        else f"skipped — this run is too short to repay {compile_words}")
     saving = planned_steps * (estimate.eager_step_s - estimate.compiled_step_s)
     verdict = saving >= MARGIN * cost
+    if verdict:
+        says = f"on — it saves about {_seconds(saving)} over this run, against {compile_words}"
+    elif saving > 0:
+        says = f"skipped — it would save about {_seconds(saving)} over this run, too little for {compile_words}"
+    else:
+        says = "skipped — the compiled model was not faster than the plain one here"
     return Decision(verdict, f"{planned_steps} steps x ({1e3 * estimate.eager_step_s:.2f} - "
                              f"{1e3 * estimate.compiled_step_s:.2f}) ms saves {saving:.3g} s against {cost_text}"
-                             f" ({'pays' if verdict else 'does not pay'} with a {MARGIN}x margin)")
+                             f" ({'pays' if verdict else 'does not pay'} with a {MARGIN}x margin)", says)
+
+
+def _seconds(seconds: float) -> str:
+    """A duration rounded to what matters: `40 s`, `2.5 s`, `0.05 s`, `3 min`."""
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.2g} s"
 
 
 def steps_to_pay(estimate: Estimate) -> Optional[float]:
@@ -206,7 +228,8 @@ class CompileSwitch(nn.Module):
         else:
             decision = decide(remaining_steps, estimate)
             if self.decision is None or decision.compile:  # the first decision, and a change to yes
-                log.info("compile: %s: %s", "yes" if decision.compile else "no", decision.reason)
+                log.info("compile: %s", decision.says)
+                details.info("compile: %s: %s", "yes" if decision.compile else "no", decision.reason)
         self.decision = decision
         if self.decision.compile:
             use_inductor_cache()

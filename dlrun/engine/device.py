@@ -16,9 +16,11 @@ from torch import nn
 from dlrun.engine.compiling import CompileSwitch
 from dlrun.engine.host_memory import use_host_allocator
 from dlrun.errors import ConfigError
-from dlrun.machine import available_cores, gpu_for_job, parallel_jobs, threads_per_job
+from dlrun.machine import ThreadChoice, choose_threads, gpu_for_job, parallel_jobs
 
 log = logging.getLogger("dlrun")
+# What configure_backends chose (threads are a setting of the whole process): said on the console.
+_thread_choice = ThreadChoice(None)
 
 
 def select_device(kind: str, job_num: int = 0, local_rank: Optional[int] = None) -> torch.device:
@@ -41,14 +43,16 @@ def select_device(kind: str, job_num: int = 0, local_rank: Optional[int] = None)
 def configure_backends(device_cfg: DictConfig, processes_here: int = 1) -> None:
     """Process-wide settings; call before the first CUDA operation (cuBLAS reads its env var once).
 
-    CPU threads: as asked, or this process's share of the cores when a parallel sweep or a run
-    on several processes (`processes_here` of them on this host) shares them. Host memory: freed
+    CPU threads: as asked; `auto`, the cores free now (dlrun.machine.choose_threads); null, this
+    process's share of the cores when a parallel sweep or a run on several processes
+    (`processes_here` of them on this host) shares them. Host memory: freed
     memory kept for reuse unless device.host_allocator=system (dlrun.host_memory).
     """
+    global _thread_choice
     use_host_allocator(device_cfg.host_allocator)
-    threads = threads_per_job(device_cfg.num_threads, available_cores(), parallel_jobs() * processes_here)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    _thread_choice = choose_threads(device_cfg.num_threads, parallel_jobs() * processes_here)
+    if _thread_choice.threads is not None:
+        torch.set_num_threads(_thread_choice.threads)
     torch.backends.cudnn.benchmark = bool(device_cfg.cudnn_benchmark) and not device_cfg.deterministic
     if torch.are_deterministic_algorithms_enabled() != bool(device_cfg.deterministic):
         # Only on a change: the call imports Inductor's config, 2 s at every start otherwise.
@@ -58,6 +62,13 @@ def configure_backends(device_cfg: DictConfig, processes_here: int = 1) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         log.info("deterministic algorithms on (CUBLAS_WORKSPACE_CONFIG=%s, cudnn.benchmark off)",
                  os.environ["CUBLAS_WORKSPACE_CONFIG"])
+
+
+def describe_threads() -> str:
+    """`2 CPU threads` and, for device.num_threads=auto, why: `1 CPU thread (auto: 2 cores, 1.0 busy with other work)`."""
+    threads = torch.get_num_threads()
+    why = f" ({_thread_choice.why})" if _thread_choice.why else ""
+    return f"{threads} CPU thread{'s' if threads != 1 else ''}{why}"
 
 
 def prepare_model(model: nn.Module, device_cfg: DictConfig) -> nn.Module:

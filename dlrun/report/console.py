@@ -1,23 +1,36 @@
 """What a run shows on the console (rich): its start, a progress bar per epoch, one line per epoch, the results.
 
 Everything shown is also in the log (dlrun.log in the run directory); TensorBoard and
-metrics.jsonl are dlrun.report.metrics_log's.
+metrics.jsonl are dlrun.report.metrics_log's. In a terminal, tables are rich's at the terminal's
+width; piped or redirected (a log file, CI, a Slurm output file) they are plain text at their
+full width, so that no number is ever cut short to `2855…`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 log = logging.getLogger("dlrun")
-console = Console()
+# Wide enough for any table dlrun prints: rich then draws each at its natural width.
+PIPED_WIDTH = 10_000
 T = TypeVar("T")
+
+
+def make_console() -> Console:
+    """rich's console for a terminal; for a pipe or a file, plain text (no colours) that is never cut to a width."""
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=PIPED_WIDTH, no_color=True, highlight=False)
+
+
+console = make_console()
 
 
 def with_progress(batches: Iterable[T], total: int, description: str) -> Iterator[T]:
@@ -25,6 +38,8 @@ def with_progress(batches: Iterable[T], total: int, description: str) -> Iterato
     if not console.is_terminal:
         yield from batches
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         bar = progress.add_task(description, total=total)

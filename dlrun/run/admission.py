@@ -18,18 +18,22 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from omegaconf import DictConfig
 
 from dlrun.atomic import remove_temporaries
+from dlrun.config import validate
 from dlrun.errors import DlrunError, RunDirectoryError
 from dlrun.run import job_files
 from dlrun.run.lock import RunLock
-from dlrun.run.resume import ResumePlan, plan_resume
+from dlrun.run.processes import environment_rank
 from dlrun.run.run_dir import STATUS_FILE, clear_training_outputs, config_fingerprint, set_aside
 from dlrun.run.status import RunStatus
 from dlrun.run.stop_signals import Interrupted
+
+if TYPE_CHECKING:  # resume reads checkpoints (torch): imported when an attempt is planned, so that the CLI
+    from dlrun.run.resume import ResumePlan  # can record a refused config before torch is imported
 
 log = logging.getLogger("dlrun")
 
@@ -85,9 +89,22 @@ def record_refusal(run_dir: Path, error: BaseException, job_cfg: Optional[DictCo
         lock.release()
 
 
+def check_before_imports(cfg: DictConfig, run_dir: Path) -> None:
+    """Validate `cfg` before the training libraries (torch) are imported, so that a typo costs a fraction
+    of a second; a refusal is recorded in `run_dir` as `attempt.begin` would (which validates again)."""
+    try:
+        validate(cfg)
+    except DlrunError as error:
+        if environment_rank() == 0:
+            record_refusal(run_dir, error, cfg)
+        raise
+
+
 def _plan_under_lock(cfg: DictConfig, run_dir: Path, fingerprint: str, epochs: int,
                      multirun: bool) -> tuple[ResumePlan, RunLock]:
     """Plan, lock the planned directory, and plan again under the lock (no one changes it now)."""
+    from dlrun.run.resume import plan_resume
+
     for _ in range(3):
         plan = plan_resume(cfg, run_dir, fingerprint, epochs, multirun)
         plan.run_dir.mkdir(parents=True, exist_ok=True)

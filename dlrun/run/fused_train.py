@@ -29,6 +29,7 @@ from dlrun.data.build import Data, loading_once
 from dlrun.data.card import write_card
 from dlrun.data.loader import TensorLoader
 from dlrun.engine.compiling import CompileSwitch, Decision
+from dlrun.engine.device import describe_threads
 from dlrun.engine.fused.layers import Unfusable
 from dlrun.engine.fused.objectives import MemberObjective
 from dlrun.engine.setup import build_training
@@ -124,8 +125,7 @@ def start(member: Member) -> None:
     training, plan = member.training, member.attempt.plan
     member.say("config: %s", " ".join(f"{group}={option}" for group, option in hparams.group_choices().items()))
     member.say("changed: %s", " ".join(hparams.overrides()))
-    member.say("device: %s, %d CPU threads; trained as one member of a stacked model", training.device,
-               torch.get_num_threads())
+    member.say("device: %s, %s; trained as one member of a stacked model", training.device, describe_threads())
     write_card(member.run_dir, member.cfg, training.data.task, training.data.extras)
     if plan.checkpoint is not None:
         resume(member, plan.checkpoint)

@@ -14,7 +14,6 @@ import csv
 import math
 import os
 import statistics
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -27,6 +26,7 @@ from rich.table import Table
 
 from dlrun.atomic import read_json, write_json
 from dlrun.machine import PARALLEL_JOBS_ENV
+from dlrun.report.console import make_console
 from dlrun.run.run_dir import STATUS_FILE, SUMMARY_FILE
 from dlrun.run.status import effective_status, read_status
 
@@ -159,7 +159,7 @@ def write_summary(summary: SweepSummary) -> None:
 
 def show(summary: SweepSummary, console: Optional[Console] = None) -> None:
     """The leaderboard, the mean ± std over seeds when seeds were swept, and each failure's error."""
-    console = console or Console(width=None if sys.stdout.isatty() else 200)
+    console = console or make_console()
     monitors = {job.monitor for job in summary.jobs if job.monitor}
     monitor = monitors.pop() if len(monitors) == 1 else "val metric"
     test_metric = "test/" + monitor.partition("/")[2] if "/" in monitor else "test metric"

@@ -29,6 +29,9 @@ INERT_NEW_KEYS = {"trainer.kfold_refit": False, "model.weights": None, "dataset.
                   "dataset.threshold": 0.5, "dataset.standardize_targets": False,
                   # model.activation null is the family's own (ReLU for the CNNs), as before the key existed
                   "model.activation": None, "model.activation_param": None, "model.init_param": None}
+# New default values that stand for an old one in the fingerprint: a run made before them continues under them.
+# device.num_threads=auto (the cores free) replaced null (PyTorch's default): neither is part of the experiment.
+RENAMED_DEFAULTS = {"device.num_threads": ("auto", None)}
 # What a run writes while training; cleared (with any fold_*/) before a run without a checkpoint starts
 # again from scratch: all of it came after the last checkpoint (there is none), as the metrics lines a
 # resume drops do.
@@ -46,6 +49,10 @@ def config_fingerprint(cfg: DictConfig) -> str:
     for dotted in RESUME_INSENSITIVE_KEYS:
         section, _, key = dotted.rpartition(".")
         (container.get(section, {}) if section else container).pop(key, None)
+    for dotted, (new, old) in RENAMED_DEFAULTS.items():
+        section, _, key = dotted.rpartition(".")
+        if container.get(section, {}).get(key) == new:
+            container[section][key] = old
     for dotted, inert in INERT_NEW_KEYS.items():
         section, _, key = dotted.rpartition(".")
         if key in container.get(section, {}) and container[section][key] == inert:
