@@ -300,7 +300,16 @@ def test_a_read_only_run_is_evaluated_with_out_and_shows_its_metrics_either_way(
                    "above are not saved: write the evaluation elsewhere with --out DIR\n")
 
 
-def test_a_signal_during_start_up_stops_before_anything_is_written(cfg_for, tmp_path):
+@pytest.fixture
+def interruptible():
+    """SIGINT as an interactive shell leaves it: a background job (`make test &`, some CI runners) inherits
+    it ignored, and dlrun rightly leaves an ignored signal ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_during_start_up_stops_before_anything_is_written(cfg_for, tmp_path, interruptible):
     """Ctrl-C while the libraries load is held (no KeyboardInterrupt inside an import); the run stops at once."""
     with pytest.raises(Interrupted, match="stopped by SIGINT while starting") as stopped:
         with held():
