@@ -10,7 +10,7 @@ import pytest
 from conftest import compose_config
 from dataset_files import write_house_csv, write_image_folder
 from dlrun.config import validate
-from dlrun.data.image_folder import list_images
+from dlrun.data.image_listing import list_images
 from dlrun.data.tabular import TableEncoder, encode_csv, read_csv
 from dlrun.errors import DataError
 from dlrun.train import run

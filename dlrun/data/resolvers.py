@@ -43,7 +43,7 @@ def csv_num_outputs(path: str, target: str | list[str], task: str = "regression"
 
 def image_folder_classes(root: str, labels_csv: str | None = None) -> int:
     """Number of classes in an image folder (sub-folders, or distinct labels of its CSV)."""
-    from dlrun.data.image_folder import find_classes
+    from dlrun.data.image_listing import find_classes
 
     return len(find_classes(root, labels_csv))
 
@@ -52,7 +52,7 @@ def image_folder_outputs(root: str, labels_csv: str | None = None, task: str = "
                          target: str | list[str] | None = None) -> int:
     """The head the task needs (dataset=image_folder): one output per class (folder or CSV label), per label
     (multilabel), per target column (regression); 1 for binary."""
-    from dlrun.data.image_folder import find_targets
+    from dlrun.data.image_listing import find_targets
 
     classes, targets = find_targets(root, labels_csv, task, target)
     return head_size(task, len(classes), len(targets))

@@ -45,7 +45,8 @@ from rich.table import Table
 from dlrun.atomic import atomic_write
 from dlrun.data.card import DataCard
 from dlrun.data.files import FileLoader, FileSplit
-from dlrun.data.image_folder import default_workers, images_under
+from dlrun.data.image_folder import default_workers
+from dlrun.data.image_listing import images_under
 from dlrun.data.images import is_image_file
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
