@@ -54,10 +54,10 @@ def main() -> None:
         """Run one job; return its best validation value (what `hydra/sweeper=optuna` optimizes), NaN if it failed."""
         try:
             with held():  # until the run handles stop signals itself: they stop it before it writes anything
-                _check_before_imports(cfg)  # a bad config is reported before torch is imported
+                validated = _check_before_imports(cfg)  # a bad config is reported before torch is imported
                 from dlrun.train import run  # imported here so `--help` and shell completion stay quick
 
-                best = run(cfg)["best_value"]
+                best = run(cfg, validated=validated)["best_value"]
         except Exception as error:  # recorded in the run's status.json by run()
             failures.append(error)
             return float("nan")
@@ -122,7 +122,7 @@ def _exit_for_failures(failures: list[BaseException]) -> None:
     sys.exit(exit_code(failures[0]))
 
 
-def _check_before_imports(cfg: DictConfig) -> None:
+def _check_before_imports(cfg: DictConfig) -> DictConfig:
     """The config's checks, before `dlrun.train` imports torch (seconds): a typo is reported at once."""
     from pathlib import Path
 
@@ -130,4 +130,4 @@ def _check_before_imports(cfg: DictConfig) -> None:
 
     from dlrun.run.admission import check_before_imports
 
-    check_before_imports(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return check_before_imports(cfg, Path(HydraConfig.get().runtime.output_dir))

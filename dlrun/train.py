@@ -44,7 +44,7 @@ from dlrun.run.stop_signals import StopSignals
 log = logging.getLogger("dlrun")
 
 
-def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: str | Path | None = None, validated: Optional[DictConfig] = None) -> dict[str, Any]:
     """Validate `cfg`, train (or continue a run), test on the best checkpoint; return what summary.json holds.
 
     `run_dir` defaults to Hydra's output directory; continuing a run happens in that run's own
@@ -58,7 +58,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """
     run_dir = Path(run_dir) if run_dir is not None else _default_run_dir(cfg)
     with StopSignals() as stop:
-        attempt = attempts.begin(cfg, run_dir, stop)
+        attempt = attempts.begin(cfg, run_dir, stop, validated)
         with attempt.recording(stop):
             summary = attempt.done if attempt.done is not None else _train_attempt(attempt, stop)
         signum = attempt.ranks.agree_now(stop.signum)

@@ -89,11 +89,12 @@ def record_refusal(run_dir: Path, error: BaseException, job_cfg: Optional[DictCo
         lock.release()
 
 
-def check_before_imports(cfg: DictConfig, run_dir: Path) -> None:
+def check_before_imports(cfg: DictConfig, run_dir: Path) -> DictConfig:
     """Validate `cfg` before the training libraries (torch) are imported, so that a typo costs a fraction
-    of a second; a refusal is recorded in `run_dir` as `attempt.begin` would (which validates again)."""
+    of a second; a refusal is recorded in `run_dir` as `attempt.begin` would. Returns the validated config
+    (for `attempt.begin`, which then does not validate again)."""
     try:
-        validate(cfg)
+        return validate(cfg)
     except DlrunError as error:
         if environment_rank() == 0:
             record_refusal(run_dir, error, cfg)

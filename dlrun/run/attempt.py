@@ -103,16 +103,18 @@ class Attempt:
             log.error("could not record how the attempt ended in %s: %s", self.run_dir, failure)
 
 
-def begin(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> Attempt:
+def begin(cfg: DictConfig, run_dir: Path, stop: StopSignals, validated: Optional[DictConfig] = None) -> Attempt:
     """Validate `cfg`, join the run's processes, plan the attempt, lock and ready its directory.
 
     `run_dir` is Hydra's directory for this attempt; the attempt may continue another run's
     directory instead (dlrun.run.resume). A refusal is recorded only in this attempt's own empty
     directory, never in an existing run, and re-raised; so is a stop signal received meanwhile.
+    `validated` is `cfg` as dlrun.config.validate returns it, when the caller has validated it already
+    (the CLI before importing torch, a fused sweep grouping its jobs): it is not validated twice.
     """
     job_cfg = cfg
     try:
-        cfg = validate(cfg)
+        cfg = validated if validated is not None else validate(cfg)
         stop.raise_if_requested("during start-up, before training")
         ranks = processes.join(cfg.device)
         ranks.check(cfg)

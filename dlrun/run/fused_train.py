@@ -103,7 +103,8 @@ def begin(member: Member, stop: StopSignals) -> bool:
     job = member.job
     try:
         with job.current():
-            member.attempt = attempts.begin(job.task_cfg, job.run_dir, stop)  # as Hydra passed it: its .hydra/ files
+            # job.task_cfg as Hydra passed it (its .hydra/ files); member.cfg, validated when the jobs were grouped
+            member.attempt = attempts.begin(job.task_cfg, job.run_dir, stop, validated=member.cfg)
             done = member.attempt.done
             if done is not None:
                 member.outcome = SKIPPED
