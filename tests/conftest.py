@@ -26,13 +26,21 @@ def compose_config(*overrides: str) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
+@pytest.fixture(scope="session")
+def prepared_datasets(tmp_path_factory) -> Path:
+    """One folder of prepared scikit-learn splits for the whole session: each is made once, by the first test."""
+    return tmp_path_factory.mktemp("prepared_datasets")
+
+
 @pytest.fixture(autouse=True)
-def decode_cache_in_tmp(tmp_path_factory, monkeypatch):
+def decode_cache_in_tmp(tmp_path_factory, monkeypatch, prepared_datasets):
     """Decode caches and compile caches go to fresh temporary folders (for subprocesses too), never ~/.cache."""
     folder = tmp_path_factory.mktemp("decode_cache")
     monkeypatch.setenv("DLRUN_CACHE", str(folder))
     # Step times and compiled kernels (dlrun.compiling) too: every test decides compile=auto afresh.
     monkeypatch.setenv("DLRUN_COMPILE_CACHE", str(tmp_path_factory.mktemp("compile_cache")))
+    # Prepared datasets hold the same splits whoever made them (dlrun.data.prepared_cache): shared.
+    monkeypatch.setenv("DLRUN_DATASET_CACHE", str(prepared_datasets))
     return folder
 
 
