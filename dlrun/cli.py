@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
+from dlrun.garbage_collector import frozen_at_exit, import_quickly
 from dlrun.run.stop_signals import Interrupted, held
 
 if TYPE_CHECKING:
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
 
 
 def main() -> None:
+    with frozen_at_exit():  # the process is leaving: Python's shutdown need not collect torch's objects
+        _main()
+
+
+def _main() -> None:
     try:
         with held():  # a Ctrl-C while the libraries load: "interrupted", not a traceback
             import hydra
@@ -55,9 +61,7 @@ def main() -> None:
         try:
             with held():  # until the run handles stop signals itself: they stop it before it writes anything
                 validated = _check_before_imports(cfg)  # a bad config is reported before torch is imported
-                from dlrun.train import run  # imported here so `--help` and shell completion stay quick
-
-                best = run(cfg, validated=validated)["best_value"]
+                best = _import_training()(cfg, validated=validated)["best_value"]
         except Exception as error:  # recorded in the run's status.json by run()
             failures.append(error)
             return float("nan")
@@ -84,6 +88,15 @@ def main() -> None:
         return
     if failures:
         _exit_for_failures(failures)
+
+
+def _import_training() -> Callable[..., dict[str, Any]]:
+    """`dlrun.train.run`, imported here so that `--help` and shell completion stay quick, with the garbage
+    collector held back while torch loads (dlrun.garbage_collector: about a second of every run)."""
+    import_quickly("torch._dynamo", "dlrun.train")  # torch.optim imports Dynamo when it makes the first optimizer
+    from dlrun.train import run
+
+    return run
 
 
 def _register_fused_launcher() -> None:

@@ -40,7 +40,10 @@ class FusedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from dlrun.run.fused_sweep import FusedSweep  # torch and dlrun load here, not at Hydra's plugin scan
+        from dlrun.garbage_collector import import_quickly
+
+        import_quickly("dlrun.run.fused_sweep")  # torch and dlrun load here, not at Hydra's plugin scan
+        from dlrun.run.fused_sweep import FusedSweep
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         sweep = FusedSweep(self.config, self.hydra_context, self.task_function, self.max_members)
