@@ -50,7 +50,11 @@ def prepared_once(loader: Callable[..., DataSplits]) -> Callable[..., DataSplits
     def load(*args: Any, **kwargs: Any) -> DataSplits:
         arguments = signature.bind(*args, **kwargs)
         arguments.apply_defaults()
-        path = cache_folder() / f"{loader.__name__}-{_key(loader.__name__, arguments.arguments, module_source)}.pt"
+        try:
+            key = _key(loader.__name__, arguments.arguments, module_source)
+        except metadata.PackageNotFoundError:  # no scikit-learn: the loader's own import says so
+            return loader(*arguments.args, **arguments.kwargs)
+        path = cache_folder() / f"{loader.__name__}-{key}.pt"
         splits = _read(path)
         if splits is None:
             splits = loader(*arguments.args, **arguments.kwargs)
