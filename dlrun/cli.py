@@ -24,7 +24,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
-from dlrun.garbage_collector import frozen_at_exit, import_quickly
+from dlrun.garbage_collector import freeze_at_exit, import_quickly
 from dlrun.run.stop_signals import Interrupted, held
 
 if TYPE_CHECKING:
@@ -34,11 +34,7 @@ if TYPE_CHECKING:
 
 
 def main() -> None:
-    with frozen_at_exit():  # the process is leaving: Python's shutdown need not collect torch's objects
-        _main()
-
-
-def _main() -> None:
+    freeze_at_exit()  # Python's shutdown then need not search torch's objects for cycles
     try:
         with held():  # a Ctrl-C while the libraries load: "interrupted", not a traceback
             import hydra

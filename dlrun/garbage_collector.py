@@ -1,5 +1,5 @@
 """The garbage collector at start-up and at exit, where it cost a `dlrun debug=smoke` (0.05 s of
-training) about two seconds on 2 cores (issue 26).
+training) about 1.8 s on 2 cores (issue 26).
 
 Python's cyclic collector runs whenever 700 more container objects exist than it last saw, and
 then walks every young object; each full collection walks them all. Importing torch, and the
@@ -12,15 +12,18 @@ while they load (about 1 s), and again at exit, when Python tears the modules do
   made is frozen (`gc.freeze()`): moved to a generation that later collections, during training
   too, do not walk. It is never collected, which costs nothing, as modules live until exit anyway.
   Only a process's first import is done so: a second job of a sweep would freeze the first's leftovers.
-- `frozen_at_exit()`, around a command's whole body: freezes whatever exists when it ends, so the
-  collections at shutdown have nothing to walk. atexit handlers, log handlers' flushes and the
-  finalizers of objects freed by reference counting run as before; only objects left in reference
-  cycles are not finalized, which Python does not promise at exit anyway (dlrun closes its files
-  and writers itself), and the memory goes back with the process.
+- `freeze_at_exit()`, called as a command starts: when the interpreter exits, an atexit handler
+  (run after every handler registered later) freezes whatever exists, so the collections at
+  shutdown have nothing to walk. Log handlers' flushes and the finalizers of objects freed by
+  reference counting run as before; only objects left in reference cycles are not finalized, which
+  Python does not promise at exit anyway (dlrun closes its files and writers itself), and the memory
+  goes back with the process. A notebook or a test that calls a command in-process is left alone
+  until it exits itself.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import importlib
@@ -29,6 +32,7 @@ from typing import Iterator
 
 # New container objects between young collections while the libraries load (Python's default: 700).
 START_UP_THRESHOLD = 100_000
+_FREEZE_REGISTERED = False
 
 
 def import_quickly(*names: str) -> None:
@@ -52,10 +56,9 @@ def quick_start() -> Iterator[None]:
     gc.freeze()
 
 
-@contextlib.contextmanager
-def frozen_at_exit() -> Iterator[None]:
-    """However the command ends (a return, sys.exit, an error), freeze everything then."""
-    try:
-        yield
-    finally:
-        gc.freeze()
+def freeze_at_exit() -> None:
+    """Freeze every object as the interpreter exits (registered once per process)."""
+    global _FREEZE_REGISTERED
+    if not _FREEZE_REGISTERED:
+        atexit.register(gc.freeze)
+        _FREEZE_REGISTERED = True

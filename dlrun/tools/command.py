@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from dlrun.config.messages import describe_error, exit_code
 from dlrun.errors import DlrunError
-from dlrun.garbage_collector import frozen_at_exit
+from dlrun.garbage_collector import freeze_at_exit
 from dlrun.tools.loaded_run import CHECKPOINTS
 
 
@@ -28,9 +28,9 @@ def tool_main(prog: str, body: Callable[[], Any]) -> None:
 
     HYDRA_FULL_ERROR=1 shows the traceback instead, as for `dlrun`.
     """
+    freeze_at_exit()  # Python's shutdown then need not search torch's objects for cycles
     try:
-        with frozen_at_exit():  # the process is leaving: Python's shutdown need not collect torch's objects
-            body()
+        body()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
