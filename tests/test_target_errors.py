@@ -109,6 +109,8 @@ def test_every_kind_reads_from_a_files_columns():
      r"^dataset\.pos_weight=-1 is out of range: a number > 0, a list of 1 \(one per label\), auto"),
     (("dataset=diabetes", "model=mlp", "dataset.loss=l1"),
      r"^dataset\.loss='l1' is not one of: mse, huber \(dataset\.task=regression\)$"),
+    (("dataset=breast_cancer", "model=mlp", "dataset.threshold=abc"),
+     r"^dataset\.threshold='abc' is not a number: a probability in \(0, 1\), e\.g\. 0\.5$"),
     (("dataset=breast_cancer", "model=mlp", "+dataset.loss=huber"),
      r"^dataset\.loss=huber does not apply to dataset\.task=binary: it is for regression targets; leave it null$"),
 ])

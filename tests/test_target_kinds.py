@@ -113,6 +113,13 @@ def test_binary_reports_auc_and_dlrun_eval_draws_its_curves(cfg_for, tmp_path):
     assert sum(confusion.values()) == len(targets) and evaluation["binary"]["positive_class"] == "malignant"
     assert confusion["true_positives"] + confusion["false_negatives"] == int(targets.sum())
     assert (Path(evaluation["folder"]) / "roc_pr_curves.png").exists()
+    # Another threshold at evaluation: the counts and the accuracy both count at it.
+    low = evaluate_run(tmp_path / "run", ["dataset=breast_cancer", "dataset.threshold=0.05"], split="test")
+    counts = low["binary"]["confusion"]
+    assert low["binary"]["threshold"] == 0.05 and counts["true_positives"] + counts["false_positives"] == int(
+        (torch.sigmoid(scores) >= 0.05).sum())
+    assert low["metrics"]["test/acc"] == pytest.approx(
+        (counts["true_positives"] + counts["true_negatives"]) / len(targets), abs=1e-6)
 
 
 def test_multilabel_tags_report_auc_and_a_test_csv_of_image_paths_is_predicted_in_its_order(digits, cfg_for,

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from dlrun.atomic import read_json, write_json
 from dlrun.data.tabular import TableEncoder
 from dlrun.data.targets import TargetScale
-from dlrun.errors import DataError
+from dlrun.errors import ConfigError, DataError
 
 CARD_FILE = "data.json"
 INPUT_KINDS = ("image", "table", "tokens", "sequence")
@@ -71,7 +71,7 @@ class DataCard:
         return cls(task=task, inputs=inputs, input_shape=shape, classes=classes if task in NAMED_OUTPUTS else [],
                    encoder=encoder, target=target, log_target=bool(dataset.get("log_target", False)),
                    vocabulary=vocabulary, dataset=str(dataset.get("_target_", "")), target_names=names,
-                   target_scale=extras.get("target_scale"), threshold=float(dataset.get("threshold", 0.5) or 0.5))
+                   target_scale=extras.get("target_scale"), threshold=yes_threshold(dataset))
 
     def write(self, run_dir: Path) -> None:
         write_json(Path(run_dir) / CARD_FILE, asdict(self))
@@ -113,6 +113,15 @@ class DataCard:
         if self.inputs == "tokens":
             return f"int64 (N, T): ids of the vocabulary's tokens (0: <unk>); trained with T = {self.input_shape[0]}"
         return f"float32 (N, {', '.join(map(str, self.input_shape))})"
+
+
+def yes_threshold(dataset: DictConfig) -> float:
+    """dataset.threshold (binary, multilabel: yes at this probability or more); 0.5 when absent or null."""
+    value = dataset.get("threshold")
+    try:
+        return 0.5 if value is None else float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"dataset.threshold={value!r} is not a number: a probability in (0, 1), e.g. 0.5") from None
 
 
 def write_card(run_dir: Path, cfg: DictConfig, task: str, extras: dict[str, Any]) -> None:

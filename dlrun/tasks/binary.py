@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig
 
+from dlrun.data.card import yes_threshold
 from dlrun.data.task_targets import split_targets
 from dlrun.errors import ConfigError
 from dlrun.tasks.base import Task, as_float32, count_tensor, refuse_other_options
@@ -130,7 +131,7 @@ class Binary(YesNoLabels):
 
     @classmethod
     def from_config(cls, cfg: DictConfig, data: "Data") -> "Binary":
-        return cls(data.extras.get("classes") or ("0", "1"), threshold=float(cfg.dataset.get("threshold", 0.5)),
+        return cls(data.extras.get("classes") or ("0", "1"), threshold=yes_threshold(cfg.dataset),
                    pos_weight=pos_weight_from(cfg.dataset.get("pos_weight"), data, 1)).fit_to(cfg, data)
 
     def metrics(self, stats: list[float]) -> dict[str, float]:

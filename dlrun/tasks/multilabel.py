@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from omegaconf import DictConfig
 
+from dlrun.data.card import yes_threshold
 from dlrun.data.task_targets import split_targets
 from dlrun.tasks.binary import YesNoLabels, pos_weight_from
 from dlrun.tasks.scores import nan_mean
@@ -34,7 +35,7 @@ class Multilabel(YesNoLabels):
     @classmethod
     def from_config(cls, cfg: DictConfig, data: "Data") -> "Multilabel":
         labels = data.extras.get("classes") or [str(i) for i in range(split_targets(data.train.split).shape[1])]
-        return cls(labels, threshold=float(cfg.dataset.get("threshold", 0.5)),
+        return cls(labels, threshold=yes_threshold(cfg.dataset),
                    pos_weight=pos_weight_from(cfg.dataset.get("pos_weight"), data, len(labels))).fit_to(cfg, data)
 
     def metrics(self, stats: list[float]) -> dict[str, float]:

@@ -38,7 +38,7 @@ from dlrun.atomic import write_json
 from dlrun.config import validate
 from dlrun.config.messages import describe_error
 from dlrun.data.build import Data, Loader, build_data
-from dlrun.data.card import DataCard
+from dlrun.data.card import DataCard, yes_threshold
 from dlrun.data.files import FileLoader
 from dlrun.data.loader import TensorLoader
 from dlrun.data.splits import TensorSplit
@@ -93,7 +93,8 @@ def evaluate_run(run_dir: Path, overrides: list[str], checkpoint: str = "best", 
     # The task scores in the model's classes (`_matched` turns the data's class indices into the model's) and
     # in the model's target units (the training split's mean and std, not this data's).
     task = build_task(cfg, replace(data, extras={**data.extras, **model_targets(trained.card)}))
-    outputs = outputs_for(trained.card, options)
+    # The yes/no outputs count at the threshold the task scores at (dataset.threshold may be overridden here).
+    outputs = outputs_for(replace(trained.card, threshold=yes_threshold(cfg.dataset)), options)
     batches = _matched(with_progress(loader, len(loader), f"evaluating {split}"), cfg, data, trained)
     metrics = {f"{split}/{name}": value
                for name, value in evaluate(trained.model, batches, task, trained.precision,
