@@ -58,6 +58,8 @@ def test_full_traceback_on_request(tmp_path):
     ("optimizer.betas=0.9", "expected a list of 2 values"),
     ("trainer.save_every_steps=0", "trainer.save_every_steps=0 is out of range: must be >= 1 or null (off)"),
     ("trainer.save_every_minutes=0", "trainer.save_every_minutes=0.0 is out of range: must be > 0 or null (off)"),
+    ("device.num_threads=2.0", "device.num_threads=2.0 is not one of: auto, a whole number >= 1, null"),
+    ("device.num_threads=0", "device.num_threads=0 is out of range: must be >= 1, auto or null"),
 ])
 def test_schema_rejects(override, message):
     with pytest.raises(ConfigError, match=None) as error:

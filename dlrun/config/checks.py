@@ -222,7 +222,7 @@ def _check_device(device: dict[str, Any]) -> None:
             raise ConfigError(f"device.{key}={device[key]!r} is not one of: auto, true, false")
     _require(device["float_cache_mb"] >= 0, "device.float_cache_mb", device["float_cache_mb"], "must be >= 0 (0 = off)")
     threads = device["num_threads"]
-    if not (threads is None or threads == "auto" or (_is_number(threads) and int(threads) == threads)):
+    if not (threads is None or threads == "auto" or (isinstance(threads, int) and not isinstance(threads, bool))):
         raise ConfigError(f"device.num_threads={threads!r} is not one of: auto, a whole number >= 1, null")
     _require(threads in (None, "auto") or threads >= 1, "device.num_threads", threads, "must be >= 1, auto or null")
     timeout = device["dist_timeout_min"]

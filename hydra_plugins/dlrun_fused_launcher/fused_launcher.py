@@ -42,7 +42,8 @@ class FusedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from dlrun.garbage_collector import import_quickly
 
-        import_quickly("dlrun.run.fused_sweep")  # torch and dlrun load here, not at Hydra's plugin scan
+        # torch and dlrun load here, not at Hydra's plugin scan; Dynamo too, which each member's torch.optim imports
+        import_quickly("torch._dynamo", "dlrun.run.fused_sweep")
         from dlrun.run.fused_sweep import FusedSweep
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
