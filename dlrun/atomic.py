@@ -25,6 +25,8 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from dlrun.errors import find_cause
+
 # The name of a temporary file `atomic_write` makes: `.<target name>.<pid>.<8 hex>.tmp`.
 TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 
@@ -46,7 +48,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException as error:
         if temporary is not None:
             temporary.unlink(missing_ok=True)
-        cause = os_error_in(error)
+        cause = find_cause(error, OSError)  # torch wraps a failed write in RuntimeError
         if cause is not None and cause.errno is not None and cause.filename != str(path):
             raise OSError(cause.errno, os.strerror(cause.errno), str(path)) from error
         raise
@@ -109,16 +111,6 @@ def remove_temporaries(folder: Path) -> list[Path]:
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
-
-
-def os_error_in(error: Optional[BaseException]) -> Optional[OSError]:
-    """`error` or the first OSError in its chain of causes (torch wraps a failed write in RuntimeError)."""
-    seen = 0
-    while error is not None and seen < 20:
-        if isinstance(error, OSError):
-            return error
-        error, seen = error.__cause__ or error.__context__, seen + 1
-    return None
 
 
 def fsync_directory(directory: Path) -> None:

@@ -26,12 +26,13 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from conftest import read_json, run_cli
-from dlrun.atomic import claim_directory, write_json
+from dlrun.atomic import claim_directory, remove_temporaries, write_json
 from dlrun.config import resolvers
 from dlrun.errors import CheckpointError, ConfigError, RunDirectoryError, StorageError
 from dlrun.run import checkpoint, lock
 from dlrun.run.job_files import HeldLog
 from dlrun.run.lock import LOCK_FILE, RESERVE_BYTES, RunLock
+from dlrun.run.run_dir import written_folders
 from dlrun.run.status import process_start
 from dlrun.run.stop_signals import Interrupted, held
 from dlrun.tools.evaluate import main as evaluate_main
@@ -228,6 +229,18 @@ def test_a_stale_lock_is_noted_and_temporaries_of_a_killed_save_are_removed(cfg_
     assert not list(run_dir.rglob("*.tmp")) and not (run_dir / LOCK_FILE).exists()
     attempt = read_json(run_dir / "status.json")["attempts"][-1]
     assert "is gone from" in attempt["took_over_lock"]["why"] and attempt["from"]["epoch"] == 2
+
+
+def test_the_temporaries_of_the_folds_the_refit_and_hydra_are_found_too(tmp_path):
+    leftovers = [tmp_path / "refit" / "checkpoints" / ".last.pt.12345.0123abcd.tmp",
+                 tmp_path / "fold_1" / ".summary.json.12345.0123abcd.tmp",
+                 tmp_path / ".hydra" / ".config.yaml.12345.0123abcd.tmp"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half a file")
+    (tmp_path / "fold_1" / "notes.tmp").write_text("not a temporary of atomic_write")
+    removed = [path for folder in written_folders(tmp_path) for path in remove_temporaries(folder)]
+    assert sorted(removed) == sorted(leftovers) and (tmp_path / "fold_1" / "notes.tmp").exists()
 
 
 def test_a_full_disk_ends_in_a_truthful_status_that_names_the_file(cfg_for, tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ from dlrun.errors import DlrunError, RunDirectoryError
 from dlrun.run import job_files
 from dlrun.run.lock import RunLock
 from dlrun.run.processes import environment_rank
-from dlrun.run.run_dir import STATUS_FILE, clear_training_outputs, config_fingerprint, set_aside
+from dlrun.run.run_dir import STATUS_FILE, clear_training_outputs, config_fingerprint, set_aside, written_folders
 from dlrun.run.status import RunStatus
 from dlrun.run.stop_signals import Interrupted
 
@@ -145,8 +145,7 @@ def _ready(plan: ResumePlan, fingerprint: str, overrides: list[str], lock: RunLo
     status.write("running")
     try:
         job_files.write_into(run_dir, job_cfg)
-        leftovers = [path for folder in (run_dir, run_dir / "checkpoints", *run_dir.glob("fold_*/checkpoints"))
-                     for path in remove_temporaries(folder)]
+        leftovers = [path for folder in written_folders(run_dir) for path in remove_temporaries(folder)]
         if leftovers:
             log.info("removed %d temporary file(s) an earlier attempt left, e.g. %s", len(leftovers), leftovers[0])
     except BaseException as error:

@@ -27,10 +27,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from dlrun.atomic import os_error_in
 from dlrun.config import validate
 from dlrun.engine.distributed import Ranks
-from dlrun.errors import ConfigError, DlrunError, OutOfStep, ReportedByMain, StorageError, TrainingDiverged
+from dlrun.errors import (ConfigError, DlrunError, OutOfStep, ReportedByMain, StorageError, TrainingDiverged,
+                          find_cause)
 from dlrun.report import hparams
 from dlrun.run import processes
 from dlrun.run.admission import record_refusal, start_attempt
@@ -165,7 +165,7 @@ def job_number() -> int:
 
 def storage_failure(error: BaseException, run_dir: Path) -> Optional[StorageError]:
     """A StorageError naming the path when `error` comes from the storage (disk full, read-only, I/O), else None."""
-    cause = os_error_in(error)
+    cause = find_cause(error, OSError)
     if isinstance(error, DlrunError) or cause is None or cause.errno not in STORAGE_ERRNOS:
         return None
     where = cause.filename or run_dir

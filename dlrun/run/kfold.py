@@ -31,11 +31,10 @@ from dlrun.atomic import read_json, write_json
 from dlrun.data.splits import ALL_ROWS
 from dlrun.report.console import console
 from dlrun.run.checkpoint import LAST
-from dlrun.run.run_dir import SUMMARY_FILE, clear_training_outputs
+from dlrun.run.run_dir import REFIT_DIR, SUMMARY_FILE, clear_training_outputs
 
 log = logging.getLogger("dlrun")
 SPLITS = ("train/", "val/", "test/")
-REFIT_DIR = "refit"
 
 
 @dataclass

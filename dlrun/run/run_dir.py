@@ -35,9 +35,10 @@ RENAMED_DEFAULTS = {"device.num_threads": ("auto", None)}
 # What a run writes while training; cleared (with any fold_*/) before a run without a checkpoint starts
 # again from scratch: all of it came after the last checkpoint (there is none), as the metrics lines a
 # resume drops do.
+REFIT_DIR = "refit"  # a K-fold run's refit on every training row (dlrun.run.kfold)
 TRAINING_OUTPUTS = ("tb", "checkpoints", "metrics.jsonl", SUMMARY_FILE, "model_summary.txt", "data.json", "curves.png")
 # What a run of another config leaves when a sweep job runs again in its directory: moved into earlier/<n>/.
-RUN_RECORDS = (*TRAINING_OUTPUTS, STATUS_FILE, ".hydra", "forecasts.png", "refit")  # refit: dlrun.run.kfold.REFIT_DIR
+RUN_RECORDS = (*TRAINING_OUTPUTS, STATUS_FILE, ".hydra", "forecasts.png", REFIT_DIR)
 EARLIER = "earlier"
 
 
@@ -118,10 +119,18 @@ def set_aside(run_dir: Path) -> Optional[Path]:
     return folder
 
 
+def written_folders(run_dir: Path) -> list[Path]:
+    """The folders a run writes files into atomically: its own, .hydra/, each fold's and the refit's, and their
+    checkpoints/ (where a killed write leaves its temporary file)."""
+    run_dir = Path(run_dir)
+    parts = [run_dir, *sorted(run_dir.glob("fold_*")), run_dir / REFIT_DIR]
+    return [run_dir / ".hydra", *(folder for part in parts for folder in (part, part / "checkpoints"))]
+
+
 def clear_training_outputs(run_dir: Path) -> None:
     """Remove an earlier attempt's event files, checkpoints, metrics, folds and refit, so a rerun starts clean."""
     for path in [*(Path(run_dir) / name for name in TRAINING_OUTPUTS), *Path(run_dir).glob("fold_*"),
-                 Path(run_dir) / "refit"]:  # dlrun.run.kfold.REFIT_DIR (kfold imports this module)
+                 Path(run_dir) / REFIT_DIR]:
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():

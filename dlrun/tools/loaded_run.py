@@ -24,7 +24,7 @@ from dlrun.engine.precision import Precision
 from dlrun.errors import CheckpointError
 from dlrun.models import build_model
 from dlrun.run.checkpoint import BEST, LAST, load_checkpoint
-from dlrun.run.kfold import REFIT_DIR
+from dlrun.run.run_dir import REFIT_DIR
 
 log = logging.getLogger("dlrun")
 CHECKPOINTS = {"best": BEST, "last": LAST}
