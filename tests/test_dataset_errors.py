@@ -113,3 +113,12 @@ def test_image_folder_problems_are_named(tmp_path):
     (tmp_path / "images" / "4.png").unlink()
     with pytest.raises(DataError, match="train.csv lists 1 images not found under .*, e.g. images/4.png"):
         load("dataset=image_folder", f"dataset.root={tmp_path}", "dataset.labels_csv=train.csv")
+
+
+def test_a_labels_csv_that_names_a_column_twice_is_refused(tmp_path):
+    from dlrun.data.image_listing import list_images
+
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "train.csv").write_text("image,label,label\na.png,cat,dog\n")
+    with pytest.raises(DataError, match=r"the header names column 'label' twice \(columns 2 and 3\)"):
+        list_images(str(tmp_path), "train.csv")

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from dlrun.data.csv_checks import header_names
 from dlrun.data.images import IMAGE_EXTENSIONS, is_image_file
 from dlrun.data.targets import EncodedTargets, encode_targets
 from dlrun.errors import DataError
@@ -187,7 +188,7 @@ def _from_csv(folder: Path, labels_csv: str, target_kind: Optional[str] = "class
         raise DataError(f"dataset.labels_csv: {table} not found; expected a CSV of image path,label under {folder}")
     with open(table, newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: a byte-order mark is not a name
         lines = [row for row in csv.reader(handle) if row]
-    header, rows = ([name.strip() for name in lines[0]], lines[1:]) if lines else ([], [])
+    header, rows = (header_names(table, lines[0]), lines[1:]) if lines else ([], [])
     if any(len(row) < 2 for row in rows):
         raise DataError(f"{table}: every row needs an image path and a label")
     missing = [row[0] for row in rows if not (folder / row[0]).is_file()]
@@ -208,8 +209,8 @@ def csv_targets(table: Path, header: list[str], rows: list[list[str]], target_ki
     absent = [name for name in names if name not in header]
     if absent:
         raise DataError(f"dataset.target={absent[0]!r} is not a column of {table}; columns: {', '.join(header)}")
-    columns = {name: [row[header.index(name)].strip() if header.index(name) < len(row) else "" for row in rows]
-               for name in names}
+    positions = {name: header.index(name) for name in names}
+    columns = {name: [row[at].strip() if at < len(row) else "" for row in rows] for name, at in positions.items()}
     # Only an empty cell is missing: "none" or "NA" may well be a class here (a CSV table's words for a
     # missing number do not apply to labels)
     return encode_targets(target_kind, {name: [value or None for value in values] for name, values in columns.items()},

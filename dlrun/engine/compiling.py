@@ -96,10 +96,7 @@ class Estimate:
 class Decision:
     compile: bool
     reason: str  # the numbers behind it: dlrun.log and summary.json
-    says: str = ""  # the same in a sentence a learner reads on the console
-
-    def __post_init__(self) -> None:
-        self.says = self.says or self.reason
+    says: str = ""  # the same in a sentence a learner reads on the console (decide() always says it)
 
 
 def decide(planned_steps: int, estimate: Estimate) -> Decision:
@@ -294,10 +291,3 @@ def _signature(model: nn.Module, inputs_shape: tuple[int, ...], settings: str, m
     architecture = hashlib.sha256(repr(model).encode()).hexdigest()[:12]
     return (f"{type(model).__name__}-{architecture} {list(inputs_shape)} {settings} mode={mode} "
             f"torch={torch.__version__}")
-
-
-def sync_clock(device: torch.device) -> float:
-    """perf_counter after the device's queued work (a step's time on CUDA includes its kernels)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()

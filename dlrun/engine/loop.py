@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from dlrun.engine.compiling import CompileSwitch, compile_seconds, sync_clock
+from dlrun.engine.compiling import CompileSwitch, compile_seconds
 from dlrun.engine.distributed import Ranks
 from dlrun.engine.grad_norms import GradNorms
 from dlrun.engine.position import EpochPosition, check_finite
@@ -140,3 +140,10 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
         batch = task.batch_stats(outputs, targets, loss)
         sums = batch if sums is None else sums + batch
     return task.metrics(ranks.sum_over(sums))
+
+
+def sync_clock(device: torch.device) -> float:
+    """perf_counter after the device's queued work (a step's time on CUDA includes its kernels)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

@@ -62,11 +62,6 @@ def activation_factory(name: Optional[str], param: Optional[float] = None) -> Ac
     return lambda: kind.module(**{kind.param: param})
 
 
-def activation(name: str, param: Optional[float] = None) -> nn.Module:
-    """A fresh activation module by name (see `activation_factory`)."""
-    return activation_factory(name, param)()
-
-
 def features_per_step(input_shape: list[int]) -> int:
     """Features per step when a sequence model reads `input_shape` (see `as_steps`)."""
     if len(input_shape) == 1:

@@ -109,11 +109,10 @@ def confusion_matrix_chart(counts: np.ndarray, classes: Sequence[str]) -> "Figur
     return figure
 
 
-def scatter_chart(true: np.ndarray, predicted: np.ndarray, title: "str | Sequence[str]") -> "Figure":
+def scatter_chart(true: np.ndarray, predicted: np.ndarray, titles: Sequence[str]) -> "Figure":
     """Predicted against true values, with the line y = x where a perfect model's points would lie; for
     (N, targets) arrays one panel per target, each with its title."""
     true, predicted = true.reshape(len(true), -1), predicted.reshape(len(predicted), -1)
-    titles = [title] if isinstance(title, str) else list(title)
     figure, axes = new_figure(5.0 * true.shape[1], 5.0, true.shape[1])
     for ax, column, panel_title in zip(axes, range(true.shape[1]), titles):
         truth, guess = true[:, column], predicted[:, column]

@@ -41,6 +41,7 @@ from dlrun.data.build import Data, Loader, build_data
 from dlrun.data.card import DataCard, yes_threshold
 from dlrun.data.files import FileLoader
 from dlrun.data.loader import TensorLoader
+from dlrun.data.resolvers import head_size
 from dlrun.data.splits import TensorSplit
 from dlrun.engine.loop import evaluate
 from dlrun.errors import ConfigError, DataError, StorageError
@@ -191,7 +192,7 @@ def _fit_to_model(cfg: DictConfig, trained: LoadedRun, given: set[str]) -> None:
     dataset = cfg.dataset
     if card.classes and card.task != "detection" and dataset.get("_target_") in LABELLED_LOADERS:
         dataset.classes = list(card.classes)
-        dataset.num_outputs = 1 if card.task == "binary" else len(card.classes)  # the model's, not this data's
+        dataset.num_outputs = head_size(card.task, len(card.classes), len(card.target_names))  # the model's
     if card.inputs == "image":
         channels, height, width = card.input_shape
         if "channels" in dataset and "dataset.channels" not in given:

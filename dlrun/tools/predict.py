@@ -104,6 +104,7 @@ def predict_run(args: argparse.Namespace) -> Path:
     batch_size = args.batch_size or trained.config.trainer.batch_size
     target_name = _target_name(args.target_name, outputs.columns(), card)
     if card.inputs == "tokens":
+        _check_column_names("prefix", target_name)
         text = outputs.generate(trained.model, args.input, args.length)
         console.print(text, markup=False, soft_wrap=True)
         id_name, ids, rows = "prefix", [args.input], [{"prediction": text}]
@@ -117,13 +118,17 @@ def predict_run(args: argparse.Namespace) -> Path:
         else:
             raise DataError(f"this model takes {card.inputs} inputs of shape {card.input_shape}; dlrun-predict "
                             "reads images, CSV rows and text prefixes")
+        _check_column_names(id_name, target_name)  # before the model sees any input
         ids, rows = _predict(trained, outputs, ids, with_progress(batches, total, "predicting"))
-    if id_name == target_name:
-        raise ConfigError(f"the prediction column {target_name!r} is also the id column; choose another name with "
-                          "--target-name")
     path = _write_csv(args.out, id_name, ids, rows, outputs.columns(), target_name)
     _show(path, id_name, ids, rows, target_name)
     return path
+
+
+def _check_column_names(id_name: str, target_name: str) -> None:
+    if id_name == target_name:
+        raise ConfigError(f"the prediction column {target_name!r} is also the id column; choose another name with "
+                          "--target-name")
 
 
 def _target_name(given: Optional[str], columns: list[str], card: DataCard) -> str:
