@@ -39,11 +39,13 @@ def main() -> None:
         with held():  # a Ctrl-C while the libraries load: "interrupted", not a traceback
             import hydra
 
+            from dlrun.config.resolvers import forget_claimed
             from dlrun.errors import OutOfStep
             from dlrun.run import leaderboard, processes
     except Interrupted as stopped:
         print(f"dlrun: interrupted: {stopped}", file=sys.stderr)
         sys.exit(stopped.exit_code)
+    forget_claimed()  # a second command in this process (a notebook) claims a directory of its own
     wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv += processes.follower_overrides()

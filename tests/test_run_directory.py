@@ -127,15 +127,15 @@ def test_same_second_directories_are_distinct_across_processes(tmp_path):
         claimed = list(pool.map(claim_directory, [target] * 6))
     assert sorted(path.name for path in claimed) == ["12-00-00", *(f"12-00-00_{n}" for n in range(2, 7))]
     # The resolver behind the default hydra.run.dir: one directory per process, the same one when asked again.
-    resolvers._claimed.clear()  # as in a new process
+    resolvers.forget_claimed()  # as in a new process
     first = resolvers.new_dir(str(tmp_path / "x"))
     assert resolvers.new_dir(str(tmp_path / "x")) == first == str(tmp_path / "x") and Path(first).is_dir()
-    resolvers._claimed.clear()
+    resolvers.forget_claimed()
     assert resolvers.new_dir(str(tmp_path / "x")) == str(tmp_path / "x_2")
     # dlrun's own hydra.run.dir, resolved by two processes (each its own cache) at once: two new directories.
     dirs = []
     for _ in range(2):
-        resolvers._claimed.clear()
+        resolvers.forget_claimed()
         hydra_cfg = hydra_config(f"output_root={tmp_path / 'outputs'}", "name=same")
         dirs.append(Path(hydra_cfg.run.dir))
     assert dirs[0] != dirs[1] and all(path.is_dir() for path in dirs)
@@ -372,3 +372,16 @@ def test_config_keys_that_do_not_fit_are_config_errors(cfg_for, tmp_path):
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
             run(cfg_for("model=mlp", "optimizer=adam", override), run_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_two_commands_in_one_process_in_the_same_second_get_two_run_directories(tmp_path, monkeypatch):
+    """`dlrun.cli.main()` twice from a notebook: the second run is not handed the first one's directory."""
+    from dlrun import cli
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # main() sets it; restored afterwards
+    for _ in range(2):  # the same path asked for, as two commands in one second ask for one
+        monkeypatch.setattr(sys, "argv", ["dlrun", "debug=smoke", *SMALL,
+                                          f"hydra.run.dir='${{dlrun.new_dir:{tmp_path / 'run'}}}'"])
+        cli.main()
+    assert sorted(path.name for path in tmp_path.glob("run*")) == ["run", "run_2"]
+    assert all(read_json(tmp_path / name / "status.json")["status"] == "completed" for name in ("run", "run_2"))

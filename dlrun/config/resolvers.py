@@ -15,9 +15,14 @@ from omegaconf import OmegaConf
 from dlrun.atomic import claim_directory
 from dlrun.errors import ConfigError
 
-# The directories this process claimed, by the path asked for: Hydra resolves `hydra.run.dir`
+# The directories this command claimed, by the path asked for: Hydra resolves `hydra.run.dir`
 # more than once (and a sweep's job processes get the cached value, as for `${now:...}`).
 _claimed: dict[str, str] = {}
+
+
+def forget_claimed() -> None:
+    """A new command starts: a path asked for again (in the same second) is a new run, not the last one's."""
+    _claimed.clear()
 
 
 def image_shape(channels: int, stored_size: int, resize: int | None) -> list[int]:
