@@ -59,3 +59,24 @@ def test_a_busy_process_is_seen():
 def test_a_bad_thread_count_is_refused(value):
     with pytest.raises(ConfigError, match="device.num_threads"):
         validate(compose_config(f"device.num_threads={value}"))
+
+
+def test_auto_samples_the_load_once_per_process_and_again_when_asked_otherwise(monkeypatch):
+    import torch
+
+    from dlrun.engine import device
+
+    samples = []
+    monkeypatch.setattr(machine, "busy_cores_of_others", lambda: samples.append(1) or 0.0)
+    monkeypatch.setattr(device, "_chosen_for", None)
+    threads = torch.get_num_threads()
+    try:
+        for _ in range(3):  # the folds of a K-fold run, the members of a fused group
+            device.configure_backends(validate(compose_config()).device)
+        assert len(samples) == 1
+        device.configure_backends(validate(compose_config("device.num_threads=1")).device)
+        assert torch.get_num_threads() == 1
+        device.configure_backends(validate(compose_config()).device)
+        assert len(samples) == 2
+    finally:
+        torch.set_num_threads(threads)

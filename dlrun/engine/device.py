@@ -21,6 +21,7 @@ from dlrun.machine import ThreadChoice, choose_threads, gpu_for_job, parallel_jo
 log = logging.getLogger("dlrun")
 # What configure_backends chose (threads are a setting of the whole process): said on the console.
 _thread_choice = ThreadChoice(None)
+_chosen_for: Optional[tuple[Any, int]] = None  # the (device.num_threads, jobs sharing the cores) it answers
 
 
 def select_device(kind: str, job_num: int = 0, local_rank: Optional[int] = None) -> torch.device:
@@ -48,9 +49,11 @@ def configure_backends(device_cfg: DictConfig, processes_here: int = 1) -> None:
     (`processes_here` of them on this host) shares them. Host memory: freed
     memory kept for reuse unless device.host_allocator=system (dlrun.host_memory).
     """
-    global _thread_choice
+    global _thread_choice, _chosen_for
     use_host_allocator(device_cfg.host_allocator)
-    _thread_choice = choose_threads(device_cfg.num_threads, parallel_jobs() * processes_here)
+    asked = (device_cfg.num_threads, parallel_jobs() * processes_here)
+    if asked != _chosen_for:  # `auto` samples the load (0.1 s) once per process: folds and fused members reuse it
+        _thread_choice, _chosen_for = choose_threads(*asked), asked
     if _thread_choice.threads is not None:
         torch.set_num_threads(_thread_choice.threads)
     torch.backends.cudnn.benchmark = bool(device_cfg.cudnn_benchmark) and not device_cfg.deterministic
