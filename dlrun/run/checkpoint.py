@@ -64,12 +64,14 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, write)
 
 
-def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """A dlrun checkpoint's state; CheckpointError if it is missing, unreadable or not dlrun's. `mmap`: tensors
+    are read from the file when used (a reader of the small entries does not read the weights)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({reason})") from None
@@ -84,14 +86,12 @@ def read_saved_config(path: Path) -> tuple[dict[str, Any], tuple[int, int]]:
 
     Memory-mapped: deciding which run a directory holds reads the small entries, not the weights.
     """
-    path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({reason}); nothing was changed") from None
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "epoch" not in state:
-        raise CheckpointError(f"checkpoint {path} is not a dlrun checkpoint (no config or epoch in it)")
+        state = load_checkpoint(path, mmap=True)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; nothing was changed") from None
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"checkpoint {path} is not a dlrun checkpoint (no config in it); nothing was changed")
     return state["config"], (int(state["epoch"]), int(state.get("global_step", 0)))
 
 
