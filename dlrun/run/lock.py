@@ -67,7 +67,7 @@ class RunLock:
                 raise RunDirectoryError(f"{run_dir} is in use by {describe_owner(held)} ({run_dir / LOCK_FILE}); "
                                         "wait for it or stop it; one process writes a run directory at a time")
             if _take_over(run_dir / LOCK_FILE, held, owner):
-                return cls(run_dir, owner, {**_without_padding(held), "why": why})
+                return cls(run_dir, owner, {**_without_token(held), "why": why})
         raise RunDirectoryError(f"{run_dir}: could not take {LOCK_FILE} (other processes keep taking it)")
 
     def free_reserve(self) -> None:
@@ -106,7 +106,7 @@ def stale_reason(held: dict[str, Any], path: Path) -> Optional[str]:
     job, restart = os.environ.get("SLURM_JOB_ID"), _slurm_restart()
     if job and held.get("slurm_job") == job and (held.get("slurm_restart") or 0) < restart:
         return f"taken by an earlier run of Slurm job {job}, which Slurm ended before requeueing it"
-    alive = process_alive({"host": held.get("host"), "pid": held.get("pid"), "pid_started": held.get("pid_started")})
+    alive = process_alive(held)
     if alive is False:
         return f"its process {held.get('pid')} is gone from {held.get('host')}"
     if alive is None:
@@ -150,7 +150,7 @@ def _encoded(owner: dict[str, Any], pad: bool = True) -> bytes:
     return (text + " " * max(0, RESERVE_BYTES - len(text)) if pad else text).encode()
 
 
-def _without_padding(held: dict[str, Any]) -> dict[str, Any]:
+def _without_token(held: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in held.items() if key != "token"}
 
 
