@@ -24,9 +24,10 @@ class MultilabelOutputs(YesNoOutputs):
         super().__init__(card, options)
         self.per_label: dict[str, dict[str, float]] = {}
 
+    def update(self, inputs: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Nothing to keep: the task holds the pass's scores, which `finish` reads."""
+
     def finish(self, folder: Path, writer: SummaryWriter, model: nn.Module, task: Task) -> dict[str, Any]:
-        if not self.probabilities:
-            return {}
         self.per_label = task.per_label()  # the pass just scored: dlrun.tasks.multilabel
         writer.add_text("eval/per_label", "\n".join(
             ["| label | " + " | ".join(SCORES) + " | support |", "|---" * (len(SCORES) + 2) + "|"] +
